@@ -1,0 +1,1 @@
+"""RepScope analysis library: models, activations, concepts and figures (never imports streamlit)."""

@@ -1,0 +1,1 @@
+"""RepScope Streamlit app: the entry, cached resources and shared UI pieces."""
