@@ -1,0 +1,1 @@
+"""``repscope`` subcommands, one module per noun (see analysis/cli.py)."""

@@ -1,0 +1,31 @@
+"""RepScope: the Streamlit entry. Run with ``repscope app`` or ``make app``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="RepScope", page_icon=":material/biotech:", layout="wide")
+
+# (file, title, icon); a page appears once its file exists.
+PAGES = [
+    ("home.py", "Home", ":material/home:"),
+    ("live_inspection.py", "Live inspection", ":material/visibility:"),
+    ("concepts.py", "Concepts", ":material/category:"),
+    ("bias.py", "Bias", ":material/balance:"),
+    ("steering.py", "Steering", ":material/navigation:"),
+    ("likelihood.py", "Likelihood", ":material/trending_down:"),
+]
+
+pages = [
+    st.Page(str(ROOT / "pages" / file), title=title, icon=icon, default=(file == "home.py"))
+    for file, title, icon in PAGES
+    if (ROOT / "pages" / file).exists()
+]
+st.navigation(pages).run()
