@@ -14,8 +14,10 @@ import os
 import sys
 
 COMMAND_MODULES = (
-    "analysis.commands.core",      # models, app, figure, inspect
-    "analysis.commands.concepts",  # concepts, cav, train-sae, sae-probe
+    "analysis.commands.core",      # models, app, figure
+    "analysis.commands.inspect",   # inspect
+    "analysis.commands.concepts",  # concepts, cav
+    "analysis.commands.saes",      # train-sae, sae-info, sae-probe
     "analysis.commands.bias",      # bias
     "analysis.commands.steer",     # steer
     "analysis.commands.ches",      # ches, dpo
