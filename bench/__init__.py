@@ -1,0 +1,1 @@
+"""RepScope benchmarks: `python -m bench` (or `make bench`). See bench/__main__.py."""

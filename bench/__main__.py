@@ -1,0 +1,68 @@
+"""Run every benchmark in one process and write bench/results/latest.json.
+
+Each ``bench/bench_*.py`` module has ``run(report: dict)`` filling its own
+section. Ratios are against a plain transformers baseline measured in the same
+run, on the same machine, so they are comparable across machines; absolute
+times are not. ``python -m bench foundation steering`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SUITES = ("foundation", "cavs", "bias", "steering", "likelihood")
+OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    chosen = argv or list(SUITES)
+    unknown = [s for s in chosen if s not in SUITES]
+    if unknown:
+        print(f"unknown suites {unknown}; valid: {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    report: dict = {
+        "machine": {
+            "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    failed = []
+    for name in chosen:
+        try:
+            module = importlib.import_module(f"bench.bench_{name}")
+        except ModuleNotFoundError:
+            report[name] = {"skipped": "bench module not present"}
+            continue
+        section: dict = {}
+        start = time.perf_counter()
+        try:
+            module.run(section)
+        except Exception:  # noqa: BLE001 - one failing suite must not hide the others
+            section["error"] = traceback.format_exc(limit=5)
+            failed.append(name)
+        section["suite_seconds"] = round(time.perf_counter() - start, 1)
+        report[name] = section
+        print(f"== {name}\n{json.dumps(section, indent=2)}", flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    if not argv:  # only a full run replaces the README's figures
+        OUT.write_text(json.dumps(report, indent=2))
+        print(f"wrote {OUT}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
