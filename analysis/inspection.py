@@ -1,0 +1,349 @@
+"""Live inspection of one prompt: residual norms, logit lens, attention, next token.
+
+``inspect_prompt(lm, text)`` runs ONE forward pass (under the model lock) with
+a names filter that keeps only ``blocks.{l}.hook_resid_post`` and
+``blocks.{l}.attn.hook_pattern``, and returns a :class:`PromptInspection`.
+``score_prompts(lm, texts)`` gives the mean next-token cross-entropy per prompt.
+
+Logit lens (nostalgebraist 2020): ``log_softmax(unembed(ln_final(resid_post[l])))``,
+with the model's OWN final norm module (weights included; for Gemma the
+bridge's RMSNorm applies ``1 + w``). At the last layer it equals the model's
+log-probabilities exactly, which the tests check.
+
+Footguns:
+- Positions include BOS (position 0). The observed next token at position p is
+  token p + 1, so observed-token arrays have ``n_tokens - 1`` columns.
+- Ranks are 1-based: rank 1 is the lens' top-1 token.
+- The lens over a 262k vocabulary is computed in row chunks to bound memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+
+from analysis.activations import resid_hook
+from analysis.models import LoadedModel
+
+METRICS = ("prob", "rank")
+MAX_TOP_K = 100
+_LENS_CHUNK_ELEMENTS = 2**25  # rows x vocab per lens chunk (128 MB of float32)
+
+
+def pattern_hook(layer: int) -> str:
+    """TransformerLens name of the attention pattern of ``layer`` (same on the bridge)."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+@dataclass(frozen=True)
+class PromptInspection:
+    """Everything the live-inspection views show for one prompt (``T`` tokens, BOS included).
+
+    ``resid_norms``: (layers, T) ‖resid_post[l]‖ per token.
+    ``lens_top_ids/tokens/probs``: (layers, T, k) logit-lens top-k per layer and position.
+    ``observed_prob/rank``: (layers, T-1) lens probability and 1-based rank of token p+1.
+    ``attention``: (layers, heads, T, T), rows (queries) sum to 1.
+    ``next_*``: (k,) top-k of the model's real next-token distribution after the prompt.
+    """
+
+    model: str
+    text: str
+    tokens: tuple[str, ...]
+    token_ids: Int[np.ndarray, "T"]
+    resid_norms: Float[np.ndarray, "layers T"]
+    lens_top_ids: Int[np.ndarray, "layers T k"]
+    lens_top_tokens: np.ndarray  # str, (layers, T, k)
+    lens_top_probs: Float[np.ndarray, "layers T k"]
+    observed_prob: Float[np.ndarray, "layers Tm1"]
+    observed_rank: Int[np.ndarray, "layers Tm1"]
+    attention: Float[np.ndarray, "layers heads T T"]
+    next_ids: Int[np.ndarray, "k"]
+    next_tokens: tuple[str, ...]
+    next_probs: Float[np.ndarray, "k"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.resid_norms.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.attention.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def labels(self) -> list[str]:
+        """Unique axis labels ``"i·token"`` (Plotly merges equal category names)."""
+        return [f"{i}·{display_token(t)}" for i, t in enumerate(self.tokens)]
+
+
+def display_token(token: str) -> str:
+    """A token made visible: newlines and tabs escaped, spaces kept."""
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """The settings of one inspection figure (also its recipe ``config``)."""
+
+    text: str
+    top_k: int = 10
+    layer: int | None = None
+    head: int | None = None
+    metric: str = "prob"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError("text is empty; give a prompt of at least one word")
+        if not isinstance(self.top_k, int) or not 1 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k {self.top_k!r}: must be an integer from 1 to {MAX_TOP_K}")
+        for name in ("layer", "head"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} {value!r}: must be a non-negative integer or None")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric {self.metric!r}: valid metrics are {METRICS}")
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "InspectConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_tokens(lm: LoadedModel, text: str) -> int:
+    """Tokens of ``text`` as the model sees it (BOS included)."""
+    return len(lm.tokenizer(text)["input_ids"])
+
+
+def _check_prompt(lm: LoadedModel, text: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the prompt is empty; type at least one word")
+    n = count_tokens(lm, text)
+    if n > lm.n_ctx:
+        raise ValueError(
+            f"the prompt is {n} tokens long (BOS included), more than {lm.name}'s context of "
+            f"{lm.n_ctx} tokens; shorten it or split it into several prompts"
+        )
+    if n < 2:
+        raise ValueError("the prompt has no tokens after BOS; type at least one word")
+
+
+def _decoder(lm: LoadedModel) -> Callable[[int], str]:
+    memo: dict[int, str] = {}
+
+    def decode(i: int) -> str:
+        if i not in memo:
+            memo[i] = lm.tokenizer.decode([i])
+        return memo[i]
+
+    return decode
+
+
+@torch.inference_mode()
+def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10) -> PromptInspection:
+    """Inspect ``text`` with one hooked forward pass; see :class:`PromptInspection`.
+
+    Raises ValueError for an empty prompt or one longer than the model's context.
+    """
+    InspectConfig(text=text, top_k=top_k)
+    _check_prompt(lm, text)
+    ids, mask = lm.tokenize([text])
+    n_layers = lm.n_layers
+    wanted = {resid_hook(l) for l in range(n_layers)} | {pattern_hook(l) for l in range(n_layers)}
+    with lm.locked() as model:
+        logits, cache = model.run_with_cache(
+            ids, attention_mask=mask, names_filter=lambda name: name in wanted
+        )
+        resid = torch.stack([cache[resid_hook(l)][0] for l in range(n_layers)])  # (L, T, d)
+        lens = _logit_lens(model, resid, ids[0], top_k)
+    attention = torch.stack([cache[pattern_hook(l)][0] for l in range(n_layers)])
+    next_lp = torch.log_softmax(logits[0, -1].float(), dim=-1)
+    next_lp, next_ids = next_lp.topk(top_k)
+    decode = _decoder(lm)
+    token_ids = ids[0].cpu().numpy()
+    top_ids = lens["top_ids"]
+    return PromptInspection(
+        model=lm.name,
+        text=text,
+        tokens=tuple(decode(int(i)) for i in token_ids),
+        token_ids=token_ids,
+        resid_norms=resid.float().norm(dim=-1).cpu().numpy(),
+        lens_top_ids=top_ids,
+        lens_top_tokens=np.vectorize(decode, otypes=[object])(top_ids).astype(str),
+        lens_top_probs=lens["top_probs"],
+        observed_prob=lens["observed_prob"],
+        observed_rank=lens["observed_rank"],
+        attention=attention.float().cpu().numpy(),
+        next_ids=next_ids.cpu().numpy(),
+        next_tokens=tuple(decode(int(i)) for i in next_ids),
+        next_probs=next_lp.exp().cpu().numpy(),
+    )
+
+
+def lens_log_probs(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
+    """Logit lens: log_softmax(unembed(ln_final(resid))), the model's own modules."""
+    shape = resid.shape
+    flat = resid.reshape(1, -1, shape[-1])
+    logits = model.unembed(model.ln_final(flat)).float()
+    return torch.log_softmax(logits, dim=-1).reshape(*shape[:-1], -1)
+
+
+def _logit_lens(model, resid: torch.Tensor, ids: torch.Tensor, top_k: int) -> dict[str, np.ndarray]:
+    n_layers, n_tok, d_model = resid.shape
+    vocab = int(model.cfg.d_vocab)
+    rows = resid.reshape(-1, d_model)
+    positions = torch.arange(n_layers * n_tok, device=rows.device) % n_tok
+    # Observed next token per row; the last position has none (a placeholder, dropped below).
+    nxt = torch.cat([ids[1:], ids[:1]])[positions]
+    chunk = max(1, _LENS_CHUNK_ELEMENTS // vocab)
+    top_p, top_i, obs_p, obs_r = [], [], [], []
+    for start in range(0, rows.shape[0], chunk):
+        lp = lens_log_probs(model, rows[start: start + chunk])
+        p, i = lp.topk(top_k, dim=-1)
+        top_p.append(p.exp())
+        top_i.append(i)
+        obs = lp.gather(-1, nxt[start: start + chunk, None])
+        obs_p.append(obs[:, 0].exp())
+        obs_r.append((lp > obs).sum(-1) + 1)
+    return {
+        "top_ids": torch.cat(top_i).reshape(n_layers, n_tok, top_k).cpu().numpy(),
+        "top_probs": torch.cat(top_p).reshape(n_layers, n_tok, top_k).cpu().numpy(),
+        "observed_prob": torch.cat(obs_p).reshape(n_layers, n_tok)[:, :-1].cpu().numpy(),
+        "observed_rank": torch.cat(obs_r).reshape(n_layers, n_tok)[:, :-1].cpu().numpy(),
+    }
+
+
+@torch.inference_mode()
+def score_prompts(
+    lm: LoadedModel,
+    texts: list[str],
+    batch_size: int = 4,
+    progress: Callable[[float], None] | None = None,
+) -> pd.DataFrame:
+    """Mean next-token cross-entropy (nats) per prompt: columns ``text, n_tokens, loss``.
+
+    ``n_tokens`` includes BOS; the loss averages over the ``n_tokens - 1``
+    predictions of real tokens, so padding never counts (right padding also
+    leaves real tokens' logits unchanged under causal attention).
+    """
+    if not texts:
+        raise ValueError("no prompts given; give at least one prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size}: must be at least 1")
+    for i, text in enumerate(texts):
+        try:
+            _check_prompt(lm, text)
+        except ValueError as err:
+            raise ValueError(f"prompt {i + 1}: {err}") from None
+    lengths = [count_tokens(lm, t) for t in texts]
+    order = np.argsort(lengths, kind="stable")
+    losses = np.zeros(len(texts), dtype=np.float64)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start: start + batch_size]
+        ids, mask = lm.tokenize([texts[i] for i in idx])
+        with lm.locked() as model:
+            logits = model(ids, attention_mask=mask, return_type="logits")
+        for j, i in enumerate(idx):
+            n = int(mask[j].sum())
+            losses[i] = float(torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), ids[j, 1:n]))
+        if progress:
+            progress(min(1.0, (start + len(idx)) / len(texts)))
+    return pd.DataFrame({"text": list(texts), "n_tokens": lengths, "loss": losses})
+
+
+# ---------------------------------------------------------------- tables behind the figures
+
+def residual_norms_frame(insp: PromptInspection) -> pd.DataFrame:
+    layers, positions = np.meshgrid(range(insp.n_layers), range(insp.n_tokens), indexing="ij")
+    return pd.DataFrame({
+        "layer": layers.ravel(), "position": positions.ravel(),
+        "token": [insp.tokens[p] for p in positions.ravel()], "norm": insp.resid_norms.ravel(),
+    })
+
+
+def logit_lens_frame(insp: PromptInspection) -> pd.DataFrame:
+    n = insp.n_tokens - 1
+    layers, positions = np.meshgrid(range(insp.n_layers), range(n), indexing="ij")
+    l, p = layers.ravel(), positions.ravel()
+    return pd.DataFrame({
+        "layer": l, "position": p,
+        "input_token": [insp.tokens[i] for i in p],
+        "observed_next": [insp.tokens[i + 1] for i in p],
+        "observed_prob": insp.observed_prob.ravel(), "observed_rank": insp.observed_rank.ravel(),
+        "top1_token": insp.lens_top_tokens[l, p, 0], "top1_prob": insp.lens_top_probs[l, p, 0],
+    })
+
+
+def attention_frame(insp: PromptInspection, layer: int, head: int) -> pd.DataFrame:
+    check_layer_head(insp, layer, head)
+    q, k = np.meshgrid(range(insp.n_tokens), range(insp.n_tokens), indexing="ij")
+    return pd.DataFrame({
+        "layer": layer, "head": head, "query_position": q.ravel(), "key_position": k.ravel(),
+        "query_token": [insp.tokens[i] for i in q.ravel()], "key_token": [insp.tokens[i] for i in k.ravel()],
+        "weight": insp.attention[layer, head].ravel(),
+    })
+
+
+def next_token_frame(insp: PromptInspection) -> pd.DataFrame:
+    return pd.DataFrame({
+        "rank": np.arange(1, len(insp.next_ids) + 1), "token_id": insp.next_ids,
+        "token": list(insp.next_tokens), "prob": insp.next_probs,
+    })
+
+
+def lens_top_k_frame(insp: PromptInspection, position: int) -> pd.DataFrame:
+    """Top-k lens tokens at one position, one column per layer (``token (prob)``)."""
+    if not 0 <= position < insp.n_tokens:
+        raise ValueError(f"position {position}: valid positions are 0..{insp.n_tokens - 1}")
+    k = insp.lens_top_ids.shape[-1]
+    return pd.DataFrame(
+        {f"layer {l}": [f"{display_token(insp.lens_top_tokens[l, position, r])} "
+                        f"({insp.lens_top_probs[l, position, r]:.3f})" for r in range(k)]
+         for l in range(insp.n_layers)},
+        index=pd.Index(range(1, k + 1), name="rank"),
+    )
+
+
+def check_layer_head(insp: PromptInspection, layer: int, head: int) -> None:
+    if not 0 <= layer < insp.n_layers:
+        raise ValueError(f"layer {layer}: valid layers are 0..{insp.n_layers - 1}")
+    if not 0 <= head < insp.n_heads:
+        raise ValueError(f"head {head}: valid heads are 0..{insp.n_heads - 1}")
+
+
+# ---------------------------------------------------------------- recipes
+
+def _recipe(kind: str):
+    def build(lm: LoadedModel, config: dict[str, Any]):
+        from analysis.figures import inspection as figs
+
+        cfg = InspectConfig.from_dict(config)
+        insp = inspect_prompt(lm, cfg.text, cfg.top_k)
+        if kind == "residual_norms":
+            return figs.residual_norms_figure(insp), residual_norms_frame(insp)
+        if kind == "logit_lens":
+            return figs.logit_lens_figure(insp, cfg.metric), logit_lens_frame(insp)
+        if kind == "next_token":
+            return figs.next_token_figure(insp), next_token_frame(insp)
+        layer, head = cfg.layer or 0, cfg.head or 0
+        return figs.attention_figure(insp, layer, head), attention_frame(insp, layer, head)
+
+    build.__name__ = f"recipe_{kind}"
+    return build
+
+
+RECIPE_KINDS = ("residual_norms", "logit_lens", "attention", "next_token")
+RECIPES = {kind: _recipe(kind) for kind in RECIPE_KINDS}
