@@ -1,0 +1,240 @@
+"""Concept sets: shipped YAML assets plus the user's persistent workspace.
+
+A concept set is a list of positive example texts; its negatives are a
+shared background set (METHODS §1). Files follow one schema::
+
+    name, kind ("concept" | "background"), title, description, provenance,
+    background (concepts only), mentions, words, texts
+
+Shipped sets live in ``assets/concepts``; uploads are written as YAML to
+``workspace_dir()`` (``REPSCOPE_WORKSPACE`` or ``cache_root()/workspace/concepts``)
+so they survive app restarts. YAML is read with ``yaml.safe_load`` only.
+
+Footguns:
+- A workspace set may not reuse a shipped name (it would silently shadow it).
+- Texts are validated, never silently fixed: duplicates or blank lines raise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from analysis.models import ASSETS, cache_root
+
+SHIPPED_DIR = ASSETS / "concepts"
+KINDS = ("concept", "background")
+SOURCES = ("shipped", "workspace")
+REQUIRED_FIELDS = ("name", "kind", "title", "description", "provenance", "texts")
+MIN_CHARS = 5
+MAX_CHARS = 1000
+MIN_TEXTS = 10
+DEFAULT_BACKGROUND = "background"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """One validated concept (or background) set."""
+
+    name: str
+    title: str
+    description: str
+    provenance: str
+    texts: tuple[str, ...]
+    background: str = DEFAULT_BACKGROUND
+    mentions: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+    source: str = "shipped"
+    kind: str = "concept"
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.kind not in KINDS:
+            raise ValueError(f"concept {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.source not in SOURCES:
+            raise ValueError(f"concept {self.name!r}: source {self.source!r} is not one of {SOURCES}")
+        check_texts(self.name, self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def check_name(name: str) -> None:
+    """Names are snake_case: lower-case letters, digits and ``_``, 2-64 characters."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"concept name {name!r} is not valid: use snake_case (lower-case letters, digits, '_'; "
+            "starting with a letter; 2-64 characters), e.g. 'positive_sentiment'"
+        )
+
+
+def check_texts(name: str, texts) -> None:
+    """Raise ValueError for too few, non-string, blank, too short/long or duplicate texts."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise ValueError(f"concept {name!r}: 'texts' must be a list of strings, got {type(texts).__name__}")
+    if len(texts) < MIN_TEXTS:
+        raise ValueError(
+            f"concept {name!r} has {len(texts)} texts; at least {MIN_TEXTS} are needed "
+            "for cross-validated accuracy. Add more examples."
+        )
+    seen: dict[str, int] = {}
+    for i, text in enumerate(texts, start=1):
+        if not isinstance(text, str):
+            raise ValueError(f"concept {name!r}: text {i} is a {type(text).__name__}, not a string; quote it")
+        if not text.strip():
+            raise ValueError(f"concept {name!r}: text {i} is empty; remove the blank line")
+        if text != text.strip():
+            raise ValueError(f"concept {name!r}: text {i} has leading/trailing whitespace; strip it")
+        if len(text) < MIN_CHARS:
+            raise ValueError(
+                f"concept {name!r}: text {i} ({text!r}) is shorter than {MIN_CHARS} characters; "
+                "write a sentence that expresses the concept"
+            )
+        if len(text) > MAX_CHARS:
+            raise ValueError(
+                f"concept {name!r}: text {i} is {len(text)} characters, more than {MAX_CHARS}; "
+                "split or shorten it"
+            )
+        if text in seen:
+            raise ValueError(
+                f"concept {name!r}: text {i} duplicates text {seen[text]} ({text[:60]!r}); remove one copy"
+            )
+        seen[text] = i
+
+
+def workspace_dir() -> Path:
+    """Where uploaded concept sets persist (``REPSCOPE_WORKSPACE`` overrides)."""
+    root = os.environ.get("REPSCOPE_WORKSPACE")
+    return Path(root).expanduser() if root else cache_root() / "workspace" / "concepts"
+
+
+def parse_concept_file(path: Path, source: str = "shipped") -> ConceptSet:
+    """Read and validate one concept YAML file; ValueError says what is wrong."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path.name}: not a readable YAML concept file ({err})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path.name}: expected a mapping with fields {REQUIRED_FIELDS}, got {type(raw).__name__}")
+    missing = [f for f in REQUIRED_FIELDS if f not in raw]
+    if missing:
+        raise ValueError(f"{path.name}: missing fields {missing}; a concept file needs {REQUIRED_FIELDS}")
+    kind = raw["kind"]
+    if kind == "concept" and not raw.get("background"):
+        raise ValueError(f"{path.name}: a concept needs a 'background' field naming its negative set, e.g. 'background'")
+    if raw["name"] != path.stem:
+        raise ValueError(f"{path.name}: name {raw['name']!r} must match the file name {path.stem!r}")
+    for field in ("title", "description", "provenance"):
+        if not isinstance(raw[field], str):
+            raise ValueError(f"{path.name}: field {field!r} must be text")
+    for field in ("mentions", "words"):
+        value = raw.get(field) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{path.name}: field {field!r} must be a list of strings")
+    try:
+        return ConceptSet(
+            name=raw["name"], title=raw["title"], description=raw["description"],
+            provenance=raw["provenance"], texts=tuple(raw["texts"]) if isinstance(raw["texts"], list) else raw["texts"],
+            background=raw.get("background") or DEFAULT_BACKGROUND,
+            mentions=tuple(raw.get("mentions") or ()), words=tuple(raw.get("words") or ()),
+            source=source, kind=kind,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path.name}: {err}") from err
+
+
+def _read_dir(folder: Path, source: str) -> dict[str, ConceptSet]:
+    if not folder.is_dir():
+        return {}
+    return {s.name: s for s in (parse_concept_file(p, source) for p in sorted(folder.glob("*.yaml")))}
+
+
+def load_all_sets() -> dict[str, ConceptSet]:
+    """Every set, concepts and backgrounds, shipped then workspace; backgrounds checked."""
+    shipped = _read_dir(SHIPPED_DIR, "shipped")
+    workspace = _read_dir(workspace_dir(), "workspace")
+    clash = sorted(set(shipped) & set(workspace))
+    if clash:
+        raise ValueError(
+            f"workspace concepts {clash} reuse shipped names; delete or rename them in {workspace_dir()}"
+        )
+    sets = {**shipped, **workspace}
+    backgrounds = sorted(n for n, s in sets.items() if s.kind == "background")
+    for s in sets.values():
+        if s.kind == "concept" and s.background not in backgrounds:
+            raise ValueError(
+                f"concept {s.name!r}: unknown background {s.background!r}; valid backgrounds are {backgrounds}"
+            )
+    return sets
+
+
+def load_concepts() -> dict[str, ConceptSet]:
+    """Concept sets (not backgrounds) by name: shipped assets plus the workspace."""
+    return {n: s for n, s in load_all_sets().items() if s.kind == "concept"}
+
+
+def background_set(name: str = DEFAULT_BACKGROUND) -> ConceptSet:
+    sets = load_all_sets()
+    if name not in sets or sets[name].kind != "background":
+        valid = sorted(n for n, s in sets.items() if s.kind == "background")
+        raise ValueError(f"unknown background {name!r}; valid backgrounds are {valid}")
+    return sets[name]
+
+
+def background_texts(name: str = DEFAULT_BACKGROUND) -> tuple[str, ...]:
+    """The negative (background) texts shared by concepts (METHODS §1)."""
+    return background_set(name).texts
+
+
+def save_uploaded_concepts(
+    concepts: dict[str, list[str]], background: str = DEFAULT_BACKGROUND, *, provenance: str = "uploaded by the user"
+) -> list[ConceptSet]:
+    """Validate and persist uploaded concepts (e.g. from ``parse_concept_upload``) as YAML.
+
+    Every set is validated before any file is written. Re-uploading a
+    workspace name replaces it; a shipped name is refused.
+    """
+    if not concepts:
+        raise ValueError("no concepts to save")
+    sets = load_all_sets()
+    backgrounds = sorted(n for n, s in sets.items() if s.kind == "background")
+    if background not in backgrounds:
+        raise ValueError(f"unknown background {background!r}; valid backgrounds are {backgrounds}")
+    made = []
+    for name, texts in concepts.items():
+        check_name(name)
+        if name in sets and sets[name].source == "shipped":
+            raise ValueError(f"concept name {name!r} is a shipped concept; choose another name, e.g. 'my_{name}'")
+        made.append(ConceptSet(
+            name=name, title=name.replace("_", " ").capitalize(), description="Uploaded concept set.",
+            provenance=provenance, texts=tuple(texts), background=background, source="workspace",
+        ))
+    folder = workspace_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in made:
+        doc = {
+            "name": s.name, "kind": s.kind, "title": s.title, "description": s.description,
+            "provenance": s.provenance, "background": s.background, "mentions": list(s.mentions),
+            "words": list(s.words), "texts": list(s.texts),
+        }
+        tmp = folder / f".{s.name}.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        tmp.replace(folder / f"{s.name}.yaml")
+    return made
+
+
+def delete_workspace_concept(name: str) -> None:
+    """Remove a workspace concept; shipped sets cannot be deleted."""
+    check_name(name)
+    path = workspace_dir() / f"{name}.yaml"
+    if not path.exists():
+        shipped = (SHIPPED_DIR / f"{name}.yaml").exists()
+        why = "it is shipped and cannot be deleted" if shipped else "no such workspace concept"
+        raise ValueError(f"cannot delete concept {name!r}: {why}")
+    path.unlink()
