@@ -7,7 +7,9 @@ import streamlit as st
 from analysis.gguf_convert import converted_folder, is_converted
 from analysis.models import CATALOGUE, DEFAULT_MODEL, describe
 from app import state
-from app.widgets import gemma_notice, gemma_terms, is_gemma, model_badge, page_links, process_memory, switch_model
+from app.widgets import (
+    gemma_notice, gemma_terms, is_gemma, model_badge, page_links, process_memory, registered_pages, switch_model,
+)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # The default first, then the catalogue in file order.
@@ -91,8 +93,9 @@ with status:
     else:
         st.caption("Default model not converted yet: its first load converts it once (about 2 minutes).")
 
-st.subheader("Pages")
-page_links(exclude="home.py")
+if len(registered_pages()) > 1:
+    st.subheader("Pages")
+    page_links(exclude="home.py")
 
 model_badge()
 gemma_notice()
