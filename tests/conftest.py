@@ -85,3 +85,28 @@ def real_lm():
     from analysis.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge_lm(tmp_path_factory):
+    """A tiny random Gemma-3 HF model saved to a folder and loaded by path through
+    ``load_model`` (the bridge backend), with the raw HF model as an oracle: ``(lm, hf)``."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from analysis.models import load_model
+
+    tok = make_tiny_tokenizer()
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+        sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    cfg.architectures = ["Gemma3ForCausalLM"]
+    torch.manual_seed(0)
+    hf = Gemma3ForCausalLM(cfg).eval()
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    hf.config._attn_implementation = "eager"  # the bridge runs eager attention too
+    return load_model(str(folder)), hf

@@ -79,3 +79,19 @@ def test_real_model_matches_transformers_hidden_states(real_lm):
     print(f"max abs diff {worst_abs:.3g}, max relative diff {worst_rel:.3g}")
     # Padded batches reorder float sums (different shapes); relative error stays ~1e-5.
     assert worst_rel < 1e-4
+
+
+def test_bridge_on_tiny_gemma3_matches_transformers(tiny_bridge_lm):
+    """Loading a local HF folder by path; oracle: the same HF model's hidden states per text."""
+    lm, hf = tiny_bridge_lm
+    texts = ["the cat is happy", "a dog", "the food was very good and the service was great !"]
+    layers = list(range(lm.n_layers - 1))  # HF's last hidden state is post-norm
+    acts = extract(lm, texts, resid_hooks(lm, layers), pooling="all", use_cache=False)
+    worst = 0.0
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            hs = hf(**lm.tokenizer(text, return_tensors="pt"), output_hidden_states=True).hidden_states
+            for l in layers:
+                worst = max(worst, float(np.abs(acts.text(resid_hook(l), i) - hs[l + 1][0].numpy()).max()))
+    print(f"tiny Gemma-3 bridge vs transformers: max abs diff {worst:.3g}")
+    assert worst < 1e-5
