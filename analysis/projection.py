@@ -32,7 +32,8 @@ def project(acts: Float[np.ndarray, "n d"], method: str = "pca", seed: int = 0) 
     import umap
 
     n_neighbors = max(2, min(15, acts.shape[0] - 1))
-    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=seed, init="random" if acts.shape[0] < 10 else "spectral")
+    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, random_state=seed, n_jobs=1,
+                        init="random" if acts.shape[0] < 10 else "spectral")
     return np.asarray(reducer.fit_transform(acts), dtype=np.float64)
 
 
