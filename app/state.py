@@ -70,3 +70,19 @@ def get(key: str, default: Any = None) -> Any:
 
 def put(key: str, value: Any) -> None:
     st.session_state[f"repscope_{key}"] = value
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def get_sae(source: str, upload_digest: str = "", _upload: tuple[bytes, bytes] | None = None):
+    """An SAE (analysis.saes.LoadedSAE), loaded once per process.
+
+    ``source``: a shipped name, a local folder or ``release:sae_id``; for an
+    uploaded pair pass ``_upload=(cfg_bytes, weights_bytes)`` with their
+    ``upload_digest`` as the cache key (arguments starting with ``_`` are not
+    hashed). Raises ``analysis.saes.SAELoadError``; callers show it.
+    """
+    from analysis.saes import load_sae, load_sae_upload
+
+    if _upload is not None:
+        return load_sae_upload(*_upload, name=source)
+    return load_sae(source)

@@ -1,0 +1,250 @@
+"""SAE latents of concepts: mean-difference ranking, sparse probes, latent cards.
+
+Texts are pooled to one code per text: ``max`` (default) or ``mean`` of the
+latent codes over the text's tokens, BOS excluded (the SAEs here never saw
+BOS). Max pooling suits sparse latents: a latent that fires on one word of a
+sentence keeps its full value.
+
+* Concept latents: diff_i = mean_pos(code_i) − mean_neg(code_i), positives the
+  concept's texts, negatives the background set (METHODS §1-2).
+* Sparse probe: L2 logistic regression on the top-k latents by |diff|, with
+  stratified k-fold accuracy for k in 1..32. The latents are ranked on each
+  training fold only, so the held-out fold never leaks into the choice.
+* Latent card: the corpus texts where the latent peaks (with the token), the
+  histogram of its non-zero per-token values, and the tokens its decoder row
+  promotes: ``W_dec[i] @ W_U`` (no final norm: Gemma's RMSNorm rescales per
+  token, the weight alone is not the map; this is the usual "logit lens on
+  the decoder" and the ranking changes little).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+
+from analysis.activations import extract
+from analysis.models import LoadedModel
+from analysis.saes import LoadedSAE, encode
+
+POOLINGS = ("max", "mean")
+PROBE_KS = (1, 2, 4, 8, 16, 32)
+
+
+def check_compatible(lm: LoadedModel, loaded: LoadedSAE) -> None:
+    if loaded.hook_name not in lm.model.hook_dict:
+        raise ValueError(f"SAE {loaded.name!r} reads {loaded.hook_name!r}, which {lm.name} does not have")
+    if loaded.d_in != lm.d_model:
+        raise ValueError(f"SAE {loaded.name!r} has d_in={loaded.d_in} but {lm.name} has d_model={lm.d_model}; "
+                         "pick an SAE trained on this model")
+
+
+@dataclass(frozen=True)
+class TokenCodes:
+    """Per-token codes of texts (BOS dropped): text i is ``codes[offsets[i]:offsets[i+1]]``."""
+
+    codes: Float[np.ndarray, "n_tokens d_sae"]
+    offsets: np.ndarray
+    token_ids: np.ndarray
+
+    def pooled(self, pooling: str = "max") -> Float[np.ndarray, "n_texts d_sae"]:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: valid poolings are {POOLINGS}")
+        red = np.maximum.reduceat if pooling == "max" else np.add.reduceat
+        starts = self.offsets[:-1]
+        counts = np.diff(self.offsets)
+        out = red(self.codes, np.minimum(starts, len(self.codes) - 1), axis=0)
+        out[counts == 0] = 0.0
+        return out / np.maximum(counts, 1)[:, None] if pooling == "mean" else out
+
+
+def token_codes(lm: LoadedModel, loaded: LoadedSAE, texts: list[str]) -> TokenCodes:
+    """Encode every non-BOS token of ``texts`` at the SAE's hook (activations disk-cached)."""
+    check_compatible(lm, loaded)
+    acts = extract(lm, list(texts), [loaded.hook_name], pooling="all")
+    values, offs = acts.values[loaded.hook_name], acts.offsets
+    keep = np.ones(len(values), dtype=bool)
+    keep[offs[:-1]] = False
+    ids = np.concatenate([lm.tokenize([t])[0][0].cpu().numpy() for t in texts])
+    codes = encode(loaded.sae, torch.from_numpy(values[keep])).numpy()
+    new_offsets = offs - np.arange(len(offs))  # one BOS fewer per text so far
+    return TokenCodes(codes, new_offsets.astype(np.int64), ids[keep])
+
+
+# ---------------------------------------------------------------- concept latents
+
+@dataclass(frozen=True)
+class ConceptLatents:
+    concept: str
+    pooling: str
+    diff: Float[np.ndarray, "d_sae"]
+    mean_pos: Float[np.ndarray, "d_sae"]
+    mean_neg: Float[np.ndarray, "d_sae"]
+    n_pos: int
+    n_neg: int
+
+    def top(self, n: int = 20) -> np.ndarray:
+        """Latents with the largest positive difference (the concept's own latents)."""
+        return np.argsort(-self.diff, kind="stable")[:n]
+
+    def frame(self, n: int = 20) -> pd.DataFrame:
+        idx = self.top(n)
+        return pd.DataFrame({"latent": idx, "diff": self.diff[idx], "mean_concept": self.mean_pos[idx],
+                             "mean_background": self.mean_neg[idx]})
+
+
+def compute_concept_latents(pos: np.ndarray, neg: np.ndarray, concept: str = "concept",
+                            pooling: str = "max") -> ConceptLatents:
+    """Per-latent mean pooled code, concept minus background."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1] or not len(pos) or not len(neg):
+        raise ValueError(f"codes must be (n_texts, d_sae) with the same d_sae, got {pos.shape} and {neg.shape}")
+    mp, mn = pos.mean(0), neg.mean(0)
+    return ConceptLatents(concept, pooling, mp - mn, mp, mn, len(pos), len(neg))
+
+
+# ---------------------------------------------------------------- sparse probe
+
+@dataclass(frozen=True)
+class ProbeCurve:
+    concept: str
+    ks: np.ndarray
+    accuracy: np.ndarray
+    accuracy_std: np.ndarray
+    chance: float
+    folds: int
+    latents: np.ndarray  # top max(ks) latents by |diff| on all texts (display only)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"k": self.ks, "accuracy": self.accuracy, "accuracy_std": self.accuracy_std})
+
+
+def compute_sparse_probe(pos: np.ndarray, neg: np.ndarray, ks=PROBE_KS, folds: int = 5, seed: int = 0,
+                         concept: str = "concept", C: float = 1.0) -> ProbeCurve:
+    """Cross-validated accuracy of logistic regression on the top-k latents, per k."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.concatenate([pos, neg]).astype(np.float64)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    folds = min(folds, len(pos), len(neg))
+    if folds < 2:
+        raise ValueError("a sparse probe needs at least 2 texts in each class")
+    ks = np.array(sorted({min(int(k), X.shape[1]) for k in ks}))
+    acc = np.zeros((len(ks), folds))
+    for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y)):
+        diff = np.abs(X[tr][y[tr] == 1].mean(0) - X[tr][y[tr] == 0].mean(0))
+        order = np.argsort(-diff, kind="stable")
+        for j, k in enumerate(ks):
+            cols = order[:k]
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+            clf.fit(X[tr][:, cols], y[tr])
+            acc[j, f] = clf.score(X[te][:, cols], y[te])
+    full = np.abs(X[y == 1].mean(0) - X[y == 0].mean(0))
+    return ProbeCurve(concept, ks, acc.mean(1), acc.std(1), max(y.mean(), 1 - y.mean()), folds,
+                      np.argsort(-full, kind="stable")[: ks.max()])
+
+
+# ---------------------------------------------------------------- latent card
+
+@dataclass(frozen=True)
+class LatentCard:
+    latent: int
+    top_texts: pd.DataFrame  # text, max_activation, token
+    activations: Float[np.ndarray, "n_active"]  # non-zero per-token values
+    frac_active: float
+    promoted_tokens: list[str]
+    promoted_logits: Float[np.ndarray, "n"]
+
+
+@torch.inference_mode()
+def promoted_tokens(lm: LoadedModel, loaded: LoadedSAE, latent: int, n: int = 10) -> tuple[list[str], np.ndarray]:
+    """Top-``n`` tokens of ``W_dec[latent] @ W_U`` (see module docstring)."""
+    with lm.locked() as model:
+        W_U = model.W_U
+        row = loaded.sae.W_dec[latent].to(W_U.dtype).to(W_U.device)
+        logits = (row @ W_U).float().cpu()
+    vals, idx = logits.topk(n)
+    return [lm.tokenizer.decode([int(i)]) for i in idx], vals.numpy()
+
+
+def compute_latent_card(lm: LoadedModel, loaded: LoadedSAE, latent: int, texts: list[str],
+                        n_top: int = 10, codes: TokenCodes | None = None) -> LatentCard:
+    """Where ``latent`` fires in ``texts`` and what it writes; ``codes`` reuses an encoding."""
+    if not 0 <= latent < loaded.d_sae:
+        raise ValueError(f"latent {latent} is out of range: the SAE has latents 0..{loaded.d_sae - 1}")
+    codes = codes or token_codes(lm, loaded, texts)
+    col = codes.codes[:, latent]
+    rows = []
+    for i, text in enumerate(texts):
+        a, b = codes.offsets[i], codes.offsets[i + 1]
+        if b > a:
+            j = int(np.argmax(col[a:b]))
+            rows.append((text, float(col[a + j]), lm.tokenizer.decode([int(codes.token_ids[a + j])])))
+    top = pd.DataFrame(rows, columns=["text", "max_activation", "token"])
+    top = top.sort_values("max_activation", ascending=False, kind="stable").head(n_top).reset_index(drop=True)
+    toks, logits = promoted_tokens(lm, loaded, latent)
+    return LatentCard(latent, top, col[col > 0], float((col > 0).mean()) if len(col) else 0.0, toks, logits)
+
+
+# ---------------------------------------------------------------- recipes
+
+def _concept_codes(lm, config) -> tuple[LoadedSAE, np.ndarray, np.ndarray]:
+    from analysis.concepts import background_texts, load_concepts
+    from analysis.saes import load_sae
+
+    concepts = load_concepts()
+    if config["concept"] not in concepts:
+        raise ValueError(f"unknown concept {config['concept']!r}; valid: {sorted(concepts)}")
+    cs = concepts[config["concept"]]
+    loaded = load_sae(config["sae"])
+    pooling = config.get("pooling", "max")
+    pos = token_codes(lm, loaded, list(cs.texts)).pooled(pooling)
+    neg = token_codes(lm, loaded, list(background_texts(cs.background))).pooled(pooling)
+    return loaded, pos, neg
+
+
+def concept_latents_recipe(lm, config):
+    from analysis.figures.saes import concept_latents_figure
+
+    _, pos, neg = _concept_codes(lm, config)
+    data = compute_concept_latents(pos, neg, config["concept"], config.get("pooling", "max"))
+    top = int(config.get("top", 20))
+    return concept_latents_figure(data, top), data.frame(top)
+
+
+def probe_recipe(lm, config):
+    from analysis.figures.saes import probe_accuracy_figure
+
+    _, pos, neg = _concept_codes(lm, config)
+    curve = compute_sparse_probe(pos, neg, concept=config["concept"])
+    return probe_accuracy_figure(curve), curve.frame()
+
+
+def _card(lm, config) -> LatentCard:
+    from analysis.concepts import background_texts, load_concepts
+    from analysis.saes import load_sae
+
+    concepts = load_concepts()
+    texts = [t for n in config.get("concepts", []) for t in concepts[n].texts] + list(background_texts())
+    return compute_latent_card(lm, load_sae(config["sae"]), int(config["latent"]), texts)
+
+
+def latent_histogram_recipe(lm, config):
+    from analysis.figures.saes import latent_histogram_figure
+
+    card = _card(lm, config)
+    return latent_histogram_figure(card), card.top_texts
+
+
+def promoted_tokens_recipe(lm, config):
+    from analysis.figures.saes import promoted_tokens_figure
+
+    card = _card(lm, config)
+    return promoted_tokens_figure(card), pd.DataFrame({"token": card.promoted_tokens,
+                                                       "logit": card.promoted_logits})

@@ -1,0 +1,148 @@
+"""A reusable page section: pick an SAE, see its quality, the latents of concepts, probes and a latent card.
+
+``render_sae_panel(lm, concept_names, layer)`` is called by the Concepts page
+(and may be by the Bias page). All numbers come from ``analysis.sae_probes``;
+every figure goes through ``render_figure``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from analysis.models import LoadedModel
+from analysis.recipes import make_recipe
+from app.figures import render_figure
+from app.state import get_sae
+
+_CHOICES = ("Shipped", "Local folder or release:id", "Upload")
+
+
+def _pick_sae(lm: LoadedModel, layer: int, key: str):
+    from analysis.saes import SAELoadError, shipped_for, shipped_saes
+
+    how = st.radio("SAE source", _CHOICES, horizontal=True, key=f"{key}-how")
+    try:
+        if how == _CHOICES[0]:
+            names = shipped_for(lm.name, layer) or shipped_for(lm.name)
+            if not names:
+                st.info(f"No shipped SAE for {lm.name}. Shipped: {', '.join(shipped_saes()) or 'none'}; "
+                        "use a local folder, a sae-lens release:id or an upload.")
+                return None, None
+            name = st.selectbox("Shipped SAE", names, key=f"{key}-shipped")
+            return get_sae(name), name
+        if how == _CHOICES[1]:
+            source = st.text_input("Folder with cfg.json + sae_weights.safetensors, or sae-lens release:sae_id",
+                                   key=f"{key}-path").strip()
+            if not source:
+                return None, None
+            return get_sae(source), source
+        cols = st.columns(2)
+        cfg = cols[0].file_uploader("cfg.json", type=["json"], key=f"{key}-cfg")
+        weights = cols[1].file_uploader("sae_weights.safetensors", type=["safetensors"], key=f"{key}-w")
+        if cfg is None or weights is None:
+            st.caption("Upload both files a sae-lens `save_model` writes. Pickled (.pt/.pth) weights are refused.")
+            return None, None
+        c, w = cfg.getvalue(), weights.getvalue()
+        digest = hashlib.sha256(c + w).hexdigest()
+        return get_sae(f"upload:{weights.name}", upload_digest=digest, _upload=(c, w)), None
+    except SAELoadError as err:
+        st.error(str(err))
+    except Exception as err:  # noqa: BLE001 - a bad SAE must not break the page
+        st.error(f"Could not load the SAE: {type(err).__name__}: {err}")
+    return None, None
+
+
+def _show_quality(loaded) -> None:
+    q = loaded.quality
+    st.caption(f"{loaded.name}: {loaded.sae.cfg.architecture()} SAE, {loaded.d_sae} latents, "
+               f"reads `{loaded.hook_name}`")
+    if not q:
+        st.caption("No quality.json next to this SAE: reconstruction quality unknown.")
+        return
+    cols = st.columns(5)
+    cols[0].metric("FVU (held out)", f"{q['fvu']:.3f}", help="fraction of variance unexplained")
+    cols[1].metric("mean L0", f"{q['mean_l0']:.1f}", help="active latents per token")
+    cols[2].metric("LM loss clean", f"{q['ce_clean']:.3f}")
+    cols[3].metric("with SAE spliced", f"{q['ce_spliced']:.3f}",
+                   delta=f"{q['ce_spliced'] - q['ce_clean']:+.3f}", delta_color="inverse")
+    cols[4].metric("resid zeroed", f"{q['ce_zero_ablated']:.3f}")
+    st.caption(f"Measured on {q['n_texts']} held-out texts ({q['n_tokens']} tokens); "
+               f"loss recovered {100 * q['loss_recovered']:.1f}%.")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _codes(_lm, _loaded, model_key: str, sae_key: str, texts: tuple[str, ...]):
+    from analysis.sae_probes import token_codes
+
+    return token_codes(_lm, _loaded, list(texts))
+
+
+def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key: str = "sae") -> None:
+    """The SAE section; ``layer`` preselects SAEs that read ``resid_post[layer]``."""
+    from analysis.concepts import background_texts, load_concepts
+    from analysis.figures.saes import (
+        concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
+    )
+    from analysis.sae_probes import POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe
+
+    st.subheader("Sparse autoencoder latents")
+    loaded, source = _pick_sae(lm, layer, key)
+    if loaded is None:
+        return
+    _show_quality(loaded)
+    if loaded.d_in != lm.d_model or loaded.hook_name not in lm.model.hook_dict:
+        st.error(f"{loaded.name} reads {loaded.hook_name!r} with d_in={loaded.d_in}; {lm.name} has "
+                 f"d_model={lm.d_model}. Pick an SAE trained on this model.")
+        return
+    if loaded.layer is not None and loaded.layer != layer:
+        st.warning(f"This SAE reads layer {loaded.layer}, not layer {layer}; its latents are at layer {loaded.layer}.")
+    concepts = load_concepts()
+    names = [n for n in concept_names if n in concepts]
+    if not names:
+        st.info("Choose at least one concept set to see its SAE latents.")
+        return
+    cols = st.columns(3)
+    concept = cols[0].selectbox("Concept", names, key=f"{key}-concept")
+    pooling = cols[1].selectbox("Pool tokens by", POOLINGS, key=f"{key}-pool",
+                                help="max: a latent firing on one word keeps its value; mean: averaged over tokens")
+    top = int(cols[2].number_input("Latents shown", 5, 50, 20, key=f"{key}-top"))
+    cs = concepts[concept]
+    sae_key = source or loaded.name
+    with st.spinner("Encoding texts with the SAE ..."):
+        pos_codes = _codes(lm, loaded, lm.fingerprint, sae_key, tuple(cs.texts))
+        neg_texts = tuple(background_texts(cs.background))
+        neg_codes = _codes(lm, loaded, lm.fingerprint, sae_key, neg_texts)
+    data = compute_concept_latents(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept, pooling)
+    config = {"sae": source, "concept": concept, "pooling": pooling, "top": top}
+    recipe = (lambda kind: make_recipe(kind, lm.name, config)) if source else (lambda kind: None)
+    render_figure(concept_latents_figure(data, top), data=data.frame(top), recipe=recipe("sae_concept_latents"),
+                  key=f"{key}-latents", filename=f"sae-latents-{concept}")
+    with st.spinner("Cross-validating sparse probes ..."):
+        curve = compute_sparse_probe(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept=concept)
+    render_figure(probe_accuracy_figure(curve), data=curve.frame(), recipe=recipe("sae_probe_accuracy"),
+                  key=f"{key}-probe", filename=f"sae-probe-{concept}")
+
+    st.markdown("**Latent card**")
+    latent = int(st.number_input("Latent", 0, loaded.d_sae - 1, int(data.top(1)[0]), key=f"{key}-latent",
+                                 help="defaults to the concept's strongest latent"))
+    card_texts = tuple(dict.fromkeys([t for n in names for t in concepts[n].texts] + list(neg_texts)))
+    with st.spinner("Finding where the latent fires ..."):
+        codes = _codes(lm, loaded, lm.fingerprint, sae_key, card_texts)
+        card = compute_latent_card(lm, loaded, latent, list(card_texts), codes=codes)
+    st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(card_texts)} texts).")
+    st.dataframe(card.top_texts, hide_index=True, width="stretch")
+    card_config = {"sae": source, "latent": latent, "concepts": names}
+    card_recipe = (lambda kind: make_recipe(kind, lm.name, card_config)) if source else (lambda kind: None)
+    cols = st.columns(2)
+    with cols[0]:
+        render_figure(latent_histogram_figure(card), data=card.top_texts, recipe=card_recipe("sae_latent_histogram"),
+                      key=f"{key}-hist", filename=f"sae-latent-{latent}-histogram")
+    with cols[1]:
+        import pandas as pd
+
+        frame = pd.DataFrame({"token": card.promoted_tokens, "logit": np.asarray(card.promoted_logits)})
+        render_figure(promoted_tokens_figure(card), data=frame, recipe=card_recipe("sae_promoted_tokens"),
+                      key=f"{key}-promoted", filename=f"sae-latent-{latent}-tokens")
