@@ -309,10 +309,14 @@ def filter_by_percentile(data: PreferenceData, scores, pct: float) -> Preference
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(data),):
         raise ValueError(f"{scores.shape[0] if scores.ndim else 0} scores for {len(data)} pairs; give one score per pair in input order")
+    return data.subset(np.flatnonzero(scores <= percentile_cut(scores, pct)))
+
+
+def percentile_cut(scores, pct: float) -> float:
+    """The ``pct``-th percentile of ``scores`` (linear interpolation), the filter's threshold."""
     if not 0 < pct <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {pct}")
-    cut = np.percentile(scores, pct)
-    return data.subset(np.flatnonzero(scores <= cut))
+    return float(np.percentile(np.asarray(scores, dtype=np.float64), pct))
 
 
 # ---------------------------------------------------------------- recipes

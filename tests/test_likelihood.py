@@ -284,3 +284,17 @@ def test_real_ches_matches_transformers_hidden_states_and_is_padding_invariant(r
             assert abs(alone.ches[0] - scores.ches[i]) / scale <= 1e-4
             assert alone.chosen.logp[0] == pytest.approx(scores.chosen.logp[i], rel=1e-4, abs=1e-3)
     real_lm.assert_clean()
+
+
+@pytest.mark.real_model
+def test_ches_command_writes_scores_and_filtered_set(real_lm, tmp_path):
+    import pandas as pd
+
+    from analysis.cli import main
+
+    assert main(["ches", "conversational_example", "--out", str(tmp_path), "--percentile", "50"]) == 0
+    frame = pd.read_csv(tmp_path / "conversational_example.ches.csv")
+    assert len(frame) == 6 and frame["ches"].is_monotonic_decreasing
+    kept = parse_preferences("k.jsonl", (tmp_path / "conversational_example.ches_p50.jsonl").read_bytes())
+    assert kept.layout == "conversational" and len(kept) == 3
+    assert main(["ches", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
