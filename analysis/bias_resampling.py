@@ -1,0 +1,124 @@
+"""Resampled concept estimates for Bias: bootstrap over texts and the background-split null.
+
+Both return, per concept, a CAV estimate ``(draws, layers, d)`` and (with SAE codes)
+a mean-code difference ``(draws, k)``; ``analysis.bias`` turns them into Bias.
+See the ``analysis.bias`` docstring for the choices (mean_diff vs warm-started
+logistic refits; fake-concept sizes).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+from jaxtyping import Float
+
+
+
+def rng_for(seed: int, *salt) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the salt, so each draw family is independent and stable."""
+    return np.random.default_rng([seed, *[zlib.crc32(str(s).encode()) for s in salt]])
+
+
+def weighted_means(w: Float[np.ndarray, "b n"], x: Float[np.ndarray, "l n d"]) -> Float[np.ndarray, "b l d"]:
+    """``w @ x`` per layer: the (re)weighted means of the rows of ``x``."""
+    return np.einsum("bn,lnd->bld", w, x, optimize=True)
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.stack([np.bincount(row, minlength=n) for row in idx]) / idx.shape[1]
+
+
+def bootstrap_draws(
+    positives: dict[str, Float[np.ndarray, "l n d"]],
+    negatives: Float[np.ndarray, "l m d"],
+    n_draws: int,
+    seed: int,
+    *,
+    fit: str = "mean_diff",
+    codes: dict[str, np.ndarray] | None = None,
+    codes_bg: np.ndarray | None = None,
+    C: float = 1.0,
+    warm: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Resample every concept's texts and the background with replacement ``n_draws`` times.
+
+    ``fit="mean_diff"``: CAV = weighted mean of positives − weighted mean of the background.
+    ``fit="logistic"``: per draw, concept and layer, a logistic refit on the resampled
+    positives against as many resampled background texts, warm-started from ``warm[c]`` (l, d).
+    ``codes[c]`` (n, k) / ``codes_bg`` (m, k): SAE codes, resampled with the same draws.
+    """
+    m = negatives.shape[1]
+    rng = rng_for(seed, "bootstrap-background")
+    bg_idx = rng.integers(0, m, size=(n_draws, m))
+    w_bg = _counts(bg_idx, m)
+    bg_mean = weighted_means(w_bg, negatives) if fit == "mean_diff" else None
+    cavs, diffs = {}, ({} if codes is not None else None)
+    for name, pos in positives.items():
+        n = pos.shape[1]
+        idx = rng_for(seed, "bootstrap", name).integers(0, n, size=(n_draws, n))
+        w = _counts(idx, n)
+        if fit == "mean_diff":
+            cavs[name] = weighted_means(w, pos) - bg_mean
+        elif fit == "logistic":
+            cavs[name] = _logistic_refits(pos, negatives, idx, bg_idx[:, :n], C, None if warm is None else warm.get(name))
+        else:
+            raise ValueError(f"bootstrap fit {fit!r}: valid fits are ('mean_diff', 'logistic')")
+        if codes is not None:
+            diffs[name] = w @ codes[name] - w_bg @ codes_bg
+    return cavs, diffs
+
+
+def _logistic_refits(pos, neg, idx, neg_idx, C: float, warm) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    n_l, n, d = pos.shape
+    out = np.zeros((idx.shape[0], n_l, d))
+    y = np.r_[np.ones(n, int), np.zeros(n, int)]
+    with threadpool_limits(1):
+        for li in range(n_l):
+            clf = LogisticRegression(C=C, max_iter=2000, warm_start=True)
+            if warm is not None:  # start from the full-data CAV direction
+                clf.coef_, clf.intercept_ = warm[li][None].astype(np.float64), np.zeros(1)
+            for b in range(idx.shape[0]):
+                x = np.concatenate([pos[li, idx[b]], neg[li, neg_idx[b]]])
+                out[b, li] = clf.fit(x, y).coef_[0]
+    return out
+
+
+def null_draws(
+    negatives: Float[np.ndarray, "l m d"],
+    sizes: tuple[int, int, int],
+    n_draws: int,
+    seed: int,
+    *,
+    codes_bg: np.ndarray | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Fake (t, r1, r2): disjoint random background subsets of ``sizes`` (each ≤ m/4), mean_diff CAVs.
+
+    Returns three ``(n_draws, l, d)`` CAV arrays (and three ``(n_draws, k)`` code differences).
+    """
+    m = negatives.shape[1]
+    sizes = tuple(max(2, min(s, m // 4)) for s in sizes)
+    rng = rng_for(seed, "null", *sizes)
+    perms = np.stack([rng.permutation(m) for _ in range(n_draws)])
+    start = np.cumsum((0, *sizes))
+    rest = np.zeros((n_draws, m))
+    np.put_along_axis(rest, perms[:, start[-1]:], 1.0 / (m - start[-1]), 1)
+    rest_mean = weighted_means(rest, negatives)
+    cavs, diffs = [], ([] if codes_bg is not None else None)
+    for i in range(3):
+        w = np.zeros((n_draws, m))
+        np.put_along_axis(w, perms[:, start[i]:start[i + 1]], 1.0 / sizes[i], 1)
+        cavs.append(weighted_means(w, negatives) - rest_mean)
+        if codes_bg is not None:
+            diffs.append((w - rest) @ codes_bg)
+    return cavs, diffs
+
+
+def mean_diff(pos: Float[np.ndarray, "l n d"], neg: Float[np.ndarray, "l m d"]) -> Float[np.ndarray, "l d"]:
+    """Full-data mean-difference CAV (unnormalised), as ``analysis.cavs.fit_mean_diff``."""
+    return pos.mean(1, dtype=np.float64) - neg.mean(1, dtype=np.float64)
+
+

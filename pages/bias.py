@@ -1,0 +1,139 @@
+"""Bias asymmetry (BiasLens): where do target concepts sit between two reference concepts?"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.bias import BiasConfig, compute_bias, layer_frame, load_presets, sae_view, summary_frame
+from analysis.bias_behaviour import behaviour_data, behaviour_rows, load_templates
+from analysis.concepts import load_concepts
+from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+from analysis.recipes import make_recipe
+from app import state
+from app.figures import render_figure
+
+CUSTOM = "Custom ..."
+REPRESENTATIONS = {"dense": "Dense CAV", "sae-diff": "SAE code difference", "sae-proj": "CAV → SAE decoder projection"}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _bias(cfg: BiasConfig, model: str, _lm, _progress=None):
+    return compute_bias(_lm, cfg, _progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _behaviour(cfg: BiasConfig, template_set: str, aggregate: str, model: str, _lm):
+    return behaviour_data(behaviour_rows(_lm, _bias(cfg, model, _lm), "this run", load_templates(template_set), aggregate))
+
+
+@st.cache_resource(show_spinner=False)
+def _has_sae(model: str, _lm) -> bool:
+    return sae_view(_lm) is not None
+
+
+lm = state.require_model()
+st.title("Bias asymmetry")
+st.markdown(
+    "**Bias(t; r1, r2) = Align(t, r1) − Align(t, r2)**, Align being the cosine of two concept "
+    "representations (BiasLens). Positive: the target sits nearer r1. Per layer, then summarised over the "
+    "layers where all three CAVs classify well. Bars show a bootstrap CI over each concept's texts; the grey "
+    "band is what fake concepts made from random background splits give."
+)
+
+presets = load_presets()
+concepts = sorted(load_concepts())
+names = list(presets) + [CUSTOM]
+choice = st.selectbox("Preset", names, key="bias_preset", format_func=lambda n: presets[n].title if n in presets else n)
+if choice == CUSTOM:
+    c1, c2, c3 = st.columns([2, 1, 1])
+    targets = c1.multiselect("Targets", concepts, default=["food_aspect"], key="bias_targets")
+    ref1 = c2.selectbox("r1", concepts, index=concepts.index("positive_sentiment"), key="bias_ref1")
+    ref2 = c3.selectbox("r2", concepts, index=concepts.index("negative_sentiment"), key="bias_ref2")
+    template_set = "evaluative"
+else:
+    p = presets[choice]
+    targets, ref1, ref2, template_set = list(p.targets), p.ref1, p.ref2, p.templates
+    st.caption(f"{p.description} Targets: {', '.join(targets)}; r1 = {ref1}, r2 = {ref2}.")
+
+c1, c2, c3 = st.columns(3)
+has_sae = _has_sae(lm.name, lm)
+rep = c1.radio("Representation", list(REPRESENTATIONS), format_func=REPRESENTATIONS.get, key="bias_rep")
+rule = c2.radio("Layer rule", ["threshold", "layer"], key="bias_rule",
+                format_func={"threshold": "Accuracy threshold", "layer": "One layer"}.get)
+if rule == "threshold":
+    threshold, layer = c3.slider("Minimum CAV accuracy", 0.5, 1.0, 0.9, 0.01, key="bias_thr"), None
+else:
+    threshold, layer = 0.9, int(c3.number_input("Layer", 0, lm.n_layers - 1, min(6, lm.n_layers - 1), key="bias_layer"))
+with st.expander("Estimation"):
+    e1, e2, e3, e4 = st.columns(4)
+    n_boot = int(e1.number_input("Bootstrap resamples", 20, 2000, 200, step=50, key="bias_boot"))
+    n_perm = int(e2.number_input("Null permutations", 10, 2000, 200, step=50, key="bias_perm"))
+    cav_method = e3.selectbox("CAV fit", ["logistic", "mean_diff"], key="bias_cav")
+    top_k = int(e4.number_input("SAE top-k", 1, 4096, 32, key="bias_topk"))
+    signed = not st.checkbox("Magnitude |Bias| instead of signed", key="bias_abs")
+    cap = st.number_input("Texts per concept (0 = all; fewer is faster)", 0, 500, 0, key="bias_cap")
+
+if rep != "dense" and not has_sae:
+    st.warning(f"No SAE is shipped for {lm.name}: choose the dense representation.")
+    st.stop()
+try:
+    cfg = BiasConfig(targets=tuple(targets), ref1=ref1, ref2=ref2, representation=rep, top_k=top_k, signed=signed,
+                     layer_rule=rule, acc_threshold=float(threshold), layer=layer, n_bootstrap=n_boot,
+                     n_permutations=n_perm, cav_method=cav_method, max_texts=int(cap) or None)
+except ValueError as err:
+    st.error(str(err))
+    st.stop()
+
+if st.button("Compute bias", type="primary", key="bias_run"):
+    state.put("bias_cfg", cfg)
+if state.get("bias_cfg") != cfg:
+    n_texts = sum(len(load_concepts()[c]) for c in cfg.concepts)
+    st.info(f"Press **Compute bias**: {n_texts} concept texts plus the background through {lm.n_layers} layers "
+            "(cached on disk afterwards), CAVs, then the bootstrap.")
+    st.stop()
+
+bar = st.progress(0.0, text="starting ...")
+try:
+    result = _bias(cfg, lm.name, lm, lambda f, msg: bar.progress(min(1.0, f), text=msg))
+except ValueError as err:
+    bar.empty()
+    st.error(str(err))
+    st.stop()
+bar.empty()
+for msg in result.messages.values():
+    st.warning(msg)
+
+recipe = cfg.to_dict()
+stem = "_".join([choice if choice in presets else "custom", rep])
+tab_heat, tab_sum, tab_sae, tab_beh = st.tabs(["Layers", "Summary", "Shared SAE latents", "Behavioural check"])
+with tab_heat:
+    render_figure(heatmap_figure(result), data=layer_frame(result), recipe=make_recipe("bias_heatmap", lm.name, recipe),
+                  key="bias_heatmap", filename=f"{stem}_heatmap")
+with tab_sum:
+    frame = summary_frame(result)
+    render_figure(summary_figure(result), data=frame, recipe=make_recipe("bias_summary", lm.name, recipe),
+                  key="bias_summary", filename=f"{stem}_summary")
+    if st.checkbox("Show the table", key="bias_show_table"):
+        st.dataframe(frame, hide_index=True)
+with tab_sae:
+    if result.shared is None:
+        st.info("No SAE is available for this model, so no latents can be listed.")
+    else:
+        st.caption("Dense representation: latents ranked by |cosine| of the CAV with each decoder row (sae-proj)."
+                   if rep == "dense" else "")
+        render_figure(shared_latents_figure(result.shared), data=result.shared.to_frame(),
+                      recipe=make_recipe("bias_summary", lm.name, recipe), key="bias_shared", filename=f"{stem}_latents")
+with tab_beh:
+    st.markdown(
+        "Behavioural bias: mean over templates × the target's mentions of log p(r1 words) − log p(r2 words) "
+        f"for the next token (template set **{template_set}**). Spearman r compares it with the conceptual Bias."
+    )
+    aggregate = st.radio("Aggregate words by", ["logmeanexp", "mean"], horizontal=True, key="bias_agg")
+    if st.button("Run the behavioural check", key="bias_run_beh"):
+        state.put("bias_beh", (cfg, aggregate))
+    if state.get("bias_beh") == (cfg, aggregate):
+        with st.spinner("One forward pass per target ..."):
+            data = _behaviour(cfg, template_set, aggregate, lm.name, lm)
+        render_figure(behaviour_figure(data), data=data.to_frame(), recipe=None, key="bias_behaviour",
+                      filename=f"{stem}_behaviour")
+        st.caption("Across every preset: `repscope bias` per preset, or the bench (bench/bench_bias.py).")

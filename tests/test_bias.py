@@ -1,0 +1,338 @@
+"""Bias asymmetry (METHODS §2): hand-computed numbers, planted activations, oracles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.alignment import (
+    ConceptStats,
+    SaeView,
+    align,
+    bias_values,
+    choose_layers,
+    keep_top_k,
+    percentile_ci,
+    shared_latents,
+    summarise,
+    REPRESENTATIONS,
+)
+from analysis.bias import BiasConfig, bias_from_arrays, load_presets, preset_config
+from analysis.bias_behaviour import (
+    aggregate_words,
+    behavioural_bias,
+    fill_templates,
+    load_templates,
+    spearman,
+)
+from analysis.bias_resampling import bootstrap_draws, mean_diff, null_draws
+from analysis.cavs import CavConfig, fit_cavs_arrays, fit_mean_diff
+from analysis.concepts import ConceptSet, load_concepts
+
+
+# ---------------------------------------------------------------- hand-computed
+
+def test_bias_on_3d_toy_vectors():
+    t, r1, r2 = np.array([1.0, 0, 0]), np.array([1.0, 1, 0]), np.array([0.0, 1, 0])
+    assert align(t, r1) == pytest.approx(1 / math.sqrt(2))
+    assert bias_values(t, r1, r2) == pytest.approx(1 / math.sqrt(2) - 0.0)
+    # |t| = |r1| = 3, t·r1 = 0; t·r2 = 2 with |r2| = 1: Bias = 0 − 2/3.
+    t, r1, r2 = np.array([1.0, 2, 2]), np.array([2.0, 1, -2]), np.array([0.0, 0, 1])
+    assert bias_values(t, r1, r2) == pytest.approx(-2 / 3)
+    assert bias_values(t, r1, r2, signed=False) == pytest.approx(2 / 3)
+    # Scale does not matter; a zero vector has no direction.
+    assert bias_values(5 * t, 0.1 * r1, 7 * r2) == pytest.approx(-2 / 3)
+    assert np.isnan(align(np.zeros(3), r1))
+    # Batched over leading axes (layers): each row is its own cosine.
+    stacked = bias_values(np.stack([t, t]), np.stack([r1, r2]), np.stack([r2, r1]))
+    np.testing.assert_allclose(stacked, [-2 / 3, 2 / 3])
+
+
+ACC = np.array([
+    [0.95, 0.85, 0.92, 0.99],  # target
+    [0.91, 0.95, 0.95, 0.89],  # ref1
+    [0.90, 0.99, 0.93, 0.97],  # ref2
+])
+
+
+def test_layer_rule_threshold_and_single_layer():
+    bias = np.array([0.2, 5.0, 0.4, 5.0])
+    mask = choose_layers(ACC, [0, 1, 2, 3], "threshold", threshold=0.9)
+    assert mask.tolist() == [True, False, True, False]  # layer 1: target 0.85, layer 3: ref1 0.89
+    assert summarise(bias, mask) == pytest.approx(0.3)
+    assert summarise(bias, choose_layers(ACC, [0, 1, 2, 3], "layer", layer=3)) == pytest.approx(5.0)
+    mask = choose_layers(ACC, [0, 1, 2, 3], "threshold", threshold=0.85)
+    assert summarise(bias, mask) == pytest.approx((0.2 + 5.0 + 0.4 + 5.0) / 4)
+    # An SAE representation exists at one layer only: the others never qualify.
+    mask = choose_layers(ACC, [0, 1, 2, 3], "threshold", threshold=0.9, available=np.array([0, 0, 1, 0], bool))
+    assert mask.tolist() == [False, False, True, False]
+
+
+def test_layer_rule_explains_when_nothing_qualifies():
+    with pytest.raises(ValueError, match=r"no layer has CAV accuracy ≥ 0.99.*best: 0.92 at layer 2"):
+        choose_layers(ACC, [0, 1, 2, 3], "threshold", threshold=0.99)
+    with pytest.raises(ValueError, match="valid layers are"):
+        choose_layers(ACC, [0, 1, 2, 3], "layer", layer=7)
+
+
+def test_top_k_and_sae_representations_by_hand():
+    np.testing.assert_array_equal(keep_top_k(np.array([0.1, -3.0, 2.0, 0.5]), 2), [0, -3.0, 2.0, 0])
+    np.testing.assert_array_equal(keep_top_k(np.array([[1.0, 2.0], [4.0, -3.0]]), 1), [[0, 2.0], [4.0, 0]])
+    w_dec = np.array([[2.0, 0, 0], [0, 3.0, 0], [1.0, 1.0, 0], [0, 0, 1.0]])
+    sae = SaeView(layer=0, encode=lambda x: x, W_dec=w_dec)
+    cav = np.array([1.0, 0, 0])
+    proj = REPRESENTATIONS["sae-proj"](ConceptStats(cav), sae, 2)
+    np.testing.assert_allclose(proj, [1.0, 0, 1 / math.sqrt(2), 0])
+    diff = REPRESENTATIONS["sae-diff"](ConceptStats(cav, np.array([0.5, -2.0, 0.1, 1.0])), sae, 2)
+    np.testing.assert_allclose(diff, [0, -2.0, 0, 1.0])
+    np.testing.assert_allclose(REPRESENTATIONS["dense"](ConceptStats(cav), None, 2), cav)
+
+
+def test_shared_latents_lists_top_k_and_overlap():
+    reps = {"t": np.array([0, 3.0, 0, -1.0, 0]), "a": np.array([2.0, 0.5, 0, 0, 0]), "b": np.array([0, 0, 1.0, 4.0, 0])}
+    shared = shared_latents(reps, ["t"], ["a", "b"], layer=6)
+    assert shared.latents["t"].tolist() == [1, 3]
+    assert shared.overlap[("t", "a")].tolist() == [1]
+    assert shared.overlap[("t", "b")].tolist() == [3]
+    frame = shared.to_frame()
+    row = frame[(frame.concept == "t") & (frame.latent == 3)].iloc[0]
+    assert row["shared_with"] == "b" and row["value"] == -1.0
+
+
+def test_percentile_interval_and_recentring():
+    samples = np.arange(1, 101, dtype=float)
+    lo, hi = percentile_ci(samples, 0.9)
+    assert (lo, hi) == pytest.approx((np.percentile(samples, 5), np.percentile(samples, 95)))
+    lo, hi = percentile_ci(samples, 0.9, centre=0.0)
+    assert (lo, hi) == pytest.approx((np.percentile(samples, 5) - 50.5, np.percentile(samples, 95) - 50.5))
+
+
+# ---------------------------------------------------------------- resampling
+
+def _planted(seed, means, n=40, m=160, d=24, n_layers=2):
+    rng = np.random.default_rng(seed)
+    make = lambda mu, k: np.stack([rng.normal(size=(k, d)) + mu for _ in range(n_layers)])  # noqa: E731
+    return {name: make(mu, n) for name, mu in means.items()}, make(0.0, m)
+
+
+E = 4.0 * np.eye(24)
+
+
+def _run(positives, negatives, ref1="ra", ref2="rb", **kw):
+    cfg = BiasConfig(targets=("tt",), ref1=ref1, ref2=ref2, **kw)
+    cavs = fit_cavs_arrays(positives, negatives, CavConfig(concepts=cfg.concepts, method=cfg.cav_method, n_random=1), [0, 1])
+    return bias_from_arrays(positives, negatives, cavs.vectors, cavs.accuracy, cfg, [0, 1])
+
+
+@pytest.mark.parametrize("cav_method", ["mean_diff", "logistic"])
+def test_planted_direction_gives_the_right_sign_and_a_ci_excluding_zero(cav_method):
+    # The target shares direction e0 with ref1 and nothing with ref2: expected Bias ≈ +0.5.
+    pos, neg = _planted(0, {"tt": E[0] + E[1], "ra": E[0] + E[2], "rb": E[3] + E[4]})
+    r = _run(pos, neg, cav_method=cav_method)
+    assert r.chosen.all() and not r.messages
+    assert r.summary[0] > 0 and r.ci_low[0] > 0, (r.summary, r.ci_low, r.ci_high)
+    assert r.ci_low[0] <= r.summary[0] <= r.ci_high[0]
+    assert r.summary[0] > r.perm_high[0]
+    if cav_method == "mean_diff":
+        assert r.summary[0] == pytest.approx(0.5, abs=0.1)
+    flipped = _run(pos, neg, ref1="rb", ref2="ra", cav_method=cav_method)
+    assert flipped.summary[0] == pytest.approx(-r.summary[0])
+    assert flipped.ci_high[0] < 0
+
+
+def test_references_from_one_distribution_give_a_ci_including_zero():
+    pos, neg = _planted(1, {"tt": E[0] + E[1], "ra": E[2] + E[3], "rb": E[2] + E[3]})
+    r = _run(pos, neg, cav_method="mean_diff")
+    assert r.ci_low[0] < 0 < r.ci_high[0], (r.summary, r.ci_low, r.ci_high)
+    assert r.perm_low[0] < 0 < r.perm_high[0]
+
+
+def test_mean_diff_bootstrap_equals_cavs_fitter_on_the_same_resample():
+    pos, neg = _planted(2, {"a": E[0]}, n=12, m=30)
+    cavs, _ = bootstrap_draws(pos, neg, 3, seed=5)
+    from analysis.bias_resampling import rng_for
+
+    idx = rng_for(5, "bootstrap", "a").integers(0, 12, size=(3, 12))
+    bg = rng_for(5, "bootstrap-background").integers(0, 30, size=(3, 30))
+    for b in range(3):
+        x = np.concatenate([pos["a"][1, idx[b]], neg[1, bg[b]]])
+        y = np.r_[np.ones(12, int), np.zeros(30, int)]
+        w, _ = fit_mean_diff(x, y)
+        np.testing.assert_allclose(cavs["a"][b, 1], w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mean_diff(pos["a"], neg)[0], pos["a"][0].mean(0) - neg[0].mean(0))
+
+
+def test_null_draws_are_disjoint_background_splits():
+    neg = np.eye(40)[None]  # one-hot rows: a mean shows exactly which texts it used
+    cavs, _ = null_draws(neg, (8, 8, 30), 5, seed=0)  # 30 > 40 // 4: capped at 10
+    for b in range(5):
+        members = [set(np.flatnonzero(c[b, 0] > 0)) for c in cavs]
+        assert [len(s) for s in members] == [8, 8, 10]
+        assert not (members[0] & members[1]) and not (members[0] & members[2]) and not (members[1] & members[2])
+        np.testing.assert_allclose(cavs[0][b, 0][sorted(members[0])], 1 / 8 - 0)
+        rest = np.flatnonzero(cavs[0][b, 0] < 0)
+        assert len(rest) == 40 - 26 and np.allclose(cavs[0][b, 0][rest], -1 / 14)
+
+
+def test_sae_representation_runs_only_at_the_sae_layer():
+    pos, neg = _planted(4, {"tt": E[0] + E[1], "ra": E[0] + E[2], "rb": E[3] + E[4]})
+    w_dec = np.eye(24)[:12] + 0.01
+    sae = SaeView(layer=1, encode=lambda x: np.maximum(x @ w_dec.T, 0), W_dec=w_dec)
+    cfg = BiasConfig(targets=("tt",), ref1="ra", ref2="rb", representation="sae-diff", top_k=4, cav_method="mean_diff")
+    cavs = fit_cavs_arrays(pos, neg, CavConfig(concepts=cfg.concepts, method="mean_diff", n_random=1), [0, 1])
+    r = bias_from_arrays(pos, neg, cavs.vectors, cavs.accuracy, cfg, [0, 1], sae=sae)
+    assert np.isnan(r.bias[0, 0]) and np.isfinite(r.bias[0, 1])
+    assert r.chosen[0].tolist() == [False, True]
+    assert r.summary[0] > 0
+    assert 0 in r.shared.overlap[("tt", "ra")]  # latent 0 carries the shared direction
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_validation_names_valid_values():
+    with pytest.raises(ValueError, match="valid representations"):
+        BiasConfig(targets=("food_aspect",), ref1="positive_sentiment", ref2="negative_sentiment", representation="pca")
+    with pytest.raises(ValueError, match="valid rules"):
+        BiasConfig(targets=("food_aspect",), ref1="positive_sentiment", ref2="negative_sentiment", layer_rule="best")
+    with pytest.raises(ValueError, match="needs a non-negative layer"):
+        BiasConfig(targets=("food_aspect",), ref1="positive_sentiment", ref2="negative_sentiment", layer_rule="layer")
+    with pytest.raises(ValueError, match="two different"):
+        BiasConfig(targets=("food_aspect",), ref1="positive_sentiment", ref2="positive_sentiment")
+    with pytest.raises(ValueError, match="valid presets"):
+        preset_config("nope")
+    cfg = preset_config("review_sentiment", n_bootstrap=50)
+    assert BiasConfig.from_dict(cfg.to_dict()) == cfg and hash(cfg)
+
+
+def test_presets_name_shipped_concepts_with_mentions_and_words():
+    concepts = load_concepts()
+    for p in load_presets().values():
+        for name in (*p.targets, p.ref1, p.ref2):
+            assert name in concepts
+        assert all(concepts[t].mentions for t in p.targets)
+        assert concepts[p.ref1].words and concepts[p.ref2].words
+        assert len(load_templates(p.templates)) >= 8
+
+
+# ---------------------------------------------------------------- behaviour
+
+def _set(name, mentions=(), words=()):
+    texts = tuple(f"sample text number {i}" for i in range(10))
+    return ConceptSet(name=name, title=name, description="", provenance="test", texts=texts,
+                      mentions=tuple(mentions), words=tuple(words))
+
+
+def test_behavioural_bias_equals_manual_log_softmax(tiny_lm):
+    target = _set("tgt", mentions=["food", "service"])
+    r1, r2 = _set("pos", words=["good", "great"]), _set("neg", words=["bad", "terrible", "sad"])
+    templates = ["the {target} was", "i love the {target} , it is very"]
+    got = behavioural_bias(tiny_lm, target, r1, r2, templates)
+    tok = tiny_lm.tokenizer
+    ids1 = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in r1.words]
+    ids2 = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in r2.words]
+    diffs = []
+    for template in templates:
+        for mention in target.mentions:
+            ids = tok(template.replace("{target}", mention), return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(tiny_lm.model(ids)[0, -1].double(), -1)
+            lme = lambda ids_: math.log(sum(math.exp(float(logp[i])) for i in ids_) / len(ids_))  # noqa: E731
+            diffs.append(lme(ids1) - lme(ids2))
+    assert len(got.prompts) == 4
+    np.testing.assert_allclose(got.per_prompt, diffs, rtol=1e-5, atol=1e-5)
+    assert got.score == pytest.approx(np.mean(diffs), abs=1e-5)
+    mean = behavioural_bias(tiny_lm, target, r1, r2, templates, aggregate="mean")
+    assert mean.score != pytest.approx(got.score)
+
+
+def test_word_aggregates_and_templates():
+    logp = np.log(np.array([[0.2, 0.6]]))
+    assert aggregate_words(logp, "logmeanexp")[0] == pytest.approx(math.log(0.4))
+    assert aggregate_words(logp, "mean")[0] == pytest.approx((math.log(0.2) + math.log(0.6)) / 2)
+    assert fill_templates(["a {target}", "b {target}"], ["x", "y"]) == ["a x", "a y", "b x", "b y"]
+    with pytest.raises(ValueError, match="slot"):
+        fill_templates(["no slot"], ["x"])
+    with pytest.raises(ValueError, match="mentions"):
+        fill_templates(["a {target}"], [])
+
+
+def test_spearman_equals_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.normal(size=11), rng.normal(size=11)
+        assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    x, y = np.array([1, 2, 2, 3, 5.0, 5.0]), np.array([3, 1, 4, 1, 5, 9.0])  # ties
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert spearman([1, 2, np.nan, 4], [1, 3, 2, 4]) == pytest.approx(spearmanr([1, 2, 4], [1, 3, 4]).statistic)
+    assert np.isnan(spearman([1, 2], [2, 1]))
+
+
+# ---------------------------------------------------------------- end to end (tiny model)
+
+QUICK = dict(n_bootstrap=30, n_permutations=30, max_texts=12, max_background=40)
+
+
+def test_compute_bias_end_to_end_on_tiny_model(tiny_lm):
+    from analysis.bias import compute_bias, layer_frame, summary_frame
+
+    cfg = BiasConfig(targets=("food_aspect", "service_aspect"), ref1="positive_sentiment",
+                     ref2="negative_sentiment", acc_threshold=0.5, **QUICK)
+    r = compute_bias(tiny_lm, cfg)
+    assert r.bias.shape == (2, tiny_lm.n_layers) and r.accuracy.shape == (4, tiny_lm.n_layers)
+    assert r.boot.shape == (2, 30) and r.perm.shape == (2, 30)
+    for i in range(2):
+        if r.chosen[i].any():
+            assert r.ci_low[i] <= r.summary[i] <= r.ci_high[i]
+            assert r.perm_low[i] <= r.perm_high[i]
+        else:
+            assert "no layer" in r.messages[cfg.targets[i]]
+    assert len(layer_frame(r)) == 2 * tiny_lm.n_layers and list(summary_frame(r).target) == list(cfg.targets)
+    strict = compute_bias(tiny_lm, BiasConfig(**{**cfg.to_dict(), "targets": cfg.targets, "acc_threshold": 1.0}))
+    assert all(np.isnan(strict.summary[i]) == (not strict.chosen[i].any()) for i in range(2))
+    with pytest.raises(ValueError, match="unknown concepts"):
+        compute_bias(tiny_lm, BiasConfig(targets=("no_such_concept",), ref1="positive_sentiment", ref2="negative_sentiment"))
+
+
+def test_figures_build_from_a_result(tiny_lm):
+    from analysis.bias import compute_bias
+    from analysis.bias_behaviour import behaviour_data
+    from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+
+    r = compute_bias(tiny_lm, BiasConfig(targets=("food_aspect",), ref1="positive_sentiment",
+                                         ref2="negative_sentiment", layer_rule="layer", layer=1, **QUICK))
+    heat = heatmap_figure(r)
+    assert heat.data[0].zmid == 0 and np.allclose(heat.data[0].z, r.bias, equal_nan=True)
+    bars = summary_figure(r)
+    assert bars.data[1].y[0] == pytest.approx(r.summary[0]) and len(bars.layout.shapes) >= 1
+    assert shared_latents_figure(None).layout.annotations
+    data = behaviour_data([("p", "a", ("x", "y"), 0.1, 0.0, 0.2, 1.0, 0.1), ("p", "b", ("x", "y"), 0.3, 0.2, 0.4, 2.0, 0.1),
+                           ("q", "c", ("x", "y"), -0.2, -0.3, 0.0, -1.0, 0.1)])
+    assert data.rho == pytest.approx(1.0)
+    assert "Spearman r = 1.00" in behaviour_figure(data).layout.title.text
+
+
+def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
+    import json
+
+    from analysis import cli
+    from analysis.commands import bias as bias_cmd
+
+    monkeypatch.setattr(bias_cmd, "load_from_args", lambda args: tiny_lm)
+    argv = ["bias", "--preset", "insurance_sentiment", "--acc-threshold", "0.5", "--out", str(tmp_path),
+            "--formats", "svg", "--max-texts", "12", "--max-background", "40", "--n-bootstrap", "30",
+            "--n-permutations", "30"]
+    assert cli.main(argv) == 0
+    for stem in ("bias_heatmap", "bias_summary", "bias_shared_latents", "bias_behaviour"):
+        assert (tmp_path / f"{stem}.svg").stat().st_size > 0
+        assert (tmp_path / f"{stem}.recipe.json").exists()
+    doc = json.loads((tmp_path / "bias.json").read_text())
+    assert doc["targets"] == ["insured_patient", "uninsured_patient"]
+    assert len(doc["bias"][0]) == tiny_lm.n_layers and len(doc["behaviour"]["behavioural"]) == 2
+    assert (tmp_path / "bias_layers.csv").read_text().startswith("target,layer,bias")
+    assert cli.main(["bias", "--targets", "food_aspect", "--refs", "positive_sentiment", "--out", str(tmp_path)]) == 2
+    assert cli.main(["bias", "--preset", "nope", "--out", str(tmp_path)]) == 2
