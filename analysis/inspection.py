@@ -226,6 +226,15 @@ def _logit_lens(model, resid: torch.Tensor, ids: torch.Tensor, top_k: int) -> di
     }
 
 
+def check_prompts(lm: LoadedModel, texts: list[str]) -> None:
+    """Raise ValueError naming the first (1-based) prompt that is empty or too long."""
+    for i, text in enumerate(texts):
+        try:
+            _check_prompt(lm, text)
+        except ValueError as err:
+            raise ValueError(f"prompt {i + 1}: {err}") from None
+
+
 @torch.inference_mode()
 def score_prompts(
     lm: LoadedModel,
@@ -243,11 +252,7 @@ def score_prompts(
         raise ValueError("no prompts given; give at least one prompt")
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be at least 1")
-    for i, text in enumerate(texts):
-        try:
-            _check_prompt(lm, text)
-        except ValueError as err:
-            raise ValueError(f"prompt {i + 1}: {err}") from None
+    check_prompts(lm, texts)
     lengths = [count_tokens(lm, t) for t in texts]
     order = np.argsort(lengths, kind="stable")
     losses = np.zeros(len(texts), dtype=np.float64)
@@ -326,20 +331,26 @@ def check_layer_head(insp: PromptInspection, layer: int, head: int) -> None:
 
 # ---------------------------------------------------------------- recipes
 
-def _recipe(kind: str):
-    def build(lm: LoadedModel, config: dict[str, Any]):
-        from analysis.figures import inspection as figs
+def build_figure(kind: str, insp: PromptInspection, cfg: InspectConfig):
+    """``(figure, frame)`` of one inspection figure kind from an already computed inspection."""
+    from analysis.figures import inspection as figs
 
-        cfg = InspectConfig.from_dict(config)
-        insp = inspect_prompt(lm, cfg.text, cfg.top_k)
-        if kind == "residual_norms":
-            return figs.residual_norms_figure(insp), residual_norms_frame(insp)
-        if kind == "logit_lens":
-            return figs.logit_lens_figure(insp, cfg.metric), logit_lens_frame(insp)
-        if kind == "next_token":
-            return figs.next_token_figure(insp), next_token_frame(insp)
+    if kind == "residual_norms":
+        return figs.residual_norms_figure(insp), residual_norms_frame(insp)
+    if kind == "logit_lens":
+        return figs.logit_lens_figure(insp, cfg.metric), logit_lens_frame(insp)
+    if kind == "next_token":
+        return figs.next_token_figure(insp), next_token_frame(insp)
+    if kind == "attention":
         layer, head = cfg.layer or 0, cfg.head or 0
         return figs.attention_figure(insp, layer, head), attention_frame(insp, layer, head)
+    raise ValueError(f"figure kind {kind!r}: valid kinds are {RECIPE_KINDS}")
+
+
+def _recipe(kind: str):
+    def build(lm: LoadedModel, config: dict[str, Any]):
+        cfg = InspectConfig.from_dict(config)
+        return build_figure(kind, inspect_prompt(lm, cfg.text, cfg.top_k), cfg)
 
     build.__name__ = f"recipe_{kind}"
     return build

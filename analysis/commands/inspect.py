@@ -35,7 +35,7 @@ def _formats(value: str) -> list[str]:
 
 
 def _inspect(args) -> int:
-    from analysis.inspection import InspectConfig, RECIPE_KINDS, RECIPES, score_prompts
+    from analysis.inspection import RECIPE_KINDS, InspectConfig, build_figure, inspect_prompt, score_prompts
     from analysis.recipes import make_recipe
 
     formats = _formats(args.formats)
@@ -58,8 +58,9 @@ def _inspect(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(path, index=False)
         print(path)
+    insp = inspect_prompt(lm, cfg.text, cfg.top_k)
     for kind in RECIPE_KINDS:
-        fig, frame = RECIPES[kind](lm, cfg.to_dict())
+        fig, frame = build_figure(kind, insp, cfg)
         recipe = make_recipe(kind, lm.name, cfg.to_dict())
         for path in write_figure(fig, frame, recipe, out, kind, formats):
             print(path)

@@ -1,0 +1,154 @@
+"""Live inspection: per-prompt loss, residual norms, logit lens, attention and next token."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from analysis.inspection import (
+    MAX_TOP_K,
+    InspectConfig,
+    check_prompts,
+    build_figure,
+    display_token,
+    inspect_prompt,
+    lens_top_k_frame,
+    score_prompts,
+)
+from analysis.recipes import make_recipe
+from analysis.uploads import UploadError, parse_texts
+from app.figures import render_figure
+from app.state import get, put, require_model
+
+DEFAULT_PROMPTS = (
+    "The capital of France is Paris, and the capital of Italy is\n"
+    "The quick brown fox jumps over the lazy dog"
+)
+SCORE_CHUNK = 4  # prompts per cached scoring call (and per progress step)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _inspect(_lm, model_name: str, text: str, top_k: int):
+    return inspect_prompt(_lm, text, top_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _score(_lm, model_name: str, texts: tuple[str, ...]) -> pd.DataFrame:
+    return score_prompts(_lm, list(texts), batch_size=SCORE_CHUNK)
+
+
+def _read_prompts(text: str, upload) -> list[str] | None:
+    """Prompts from the upload if given, else the text area; None after showing an error."""
+    if upload is not None:
+        try:
+            return parse_texts(upload.name, upload.getvalue())
+        except UploadError as err:
+            st.error(str(err))
+            return None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        st.error("No prompts: type at least one prompt (one per line) or upload a file.")
+        return None
+    return prompts
+
+
+def _score_all(lm, prompts: list[str]) -> pd.DataFrame | None:
+    try:
+        check_prompts(lm, prompts)
+    except ValueError as err:
+        st.error(str(err))
+        return None
+    bar = st.progress(0.0, text=f"Scoring {len(prompts)} prompts ...")
+    parts = []
+    try:
+        for start in range(0, len(prompts), SCORE_CHUNK):
+            parts.append(_score(lm, lm.name, tuple(prompts[start: start + SCORE_CHUNK])))
+            bar.progress(min(1.0, (start + SCORE_CHUNK) / len(prompts)))
+    except ValueError as err:
+        st.error(str(err))
+        return None
+    finally:
+        bar.empty()
+    return pd.concat(parts, ignore_index=True)
+
+
+st.title("Live inspection")
+st.caption(
+    "Run prompts through the model: the loss of each prompt, then for one prompt the "
+    "residual-stream norms, the logit lens (the model's final norm and unembedding applied "
+    "to every layer), attention patterns and the next-token prediction."
+)
+lm = require_model()
+
+with st.form("inspect_inputs"):
+    text = st.text_area("Prompts (one per line)", value=DEFAULT_PROMPTS, height=120)
+    upload = st.file_uploader("Or upload prompts (.txt, .csv, .jsonl)", type=["txt", "csv", "jsonl"])
+    top_k = st.number_input("Top-k tokens", min_value=1, max_value=MAX_TOP_K, value=10, step=1)
+    submitted = st.form_submit_button("Run inspection", type="primary")
+
+if submitted:
+    prompts = _read_prompts(text, upload)
+    if prompts is not None:
+        put("inspect_prompts", prompts)
+        put("inspect_top_k", int(top_k))
+
+prompts = get("inspect_prompts")
+if not prompts:
+    st.info("Enter prompts (one per line) or upload a file, then press **Run inspection**.")
+    st.stop()
+
+table = _score_all(lm, prompts)
+if table is None:
+    st.stop()
+
+st.subheader("Prompts")
+st.caption("Mean next-token cross-entropy per prompt (nats). Select a row to inspect that prompt.")
+shown = table.rename(columns={"text": "prompt", "n_tokens": "tokens"})
+event = st.dataframe(
+    shown, on_select="rerun", selection_mode="single-row", hide_index=True, key="inspect_table",
+    width="stretch", column_config={"loss": st.column_config.NumberColumn(format="%.3f")},
+)
+rows = event.selection.rows if event is not None else []
+chosen = rows[0] if rows and rows[0] < len(prompts) else 0
+prompt = prompts[chosen]
+k = int(get("inspect_top_k", 10))
+
+try:
+    with st.spinner("Inspecting the prompt ..."):
+        insp = _inspect(lm, lm.name, prompt, k)
+except ValueError as err:
+    st.error(str(err))
+    st.stop()
+
+st.markdown(f"**Inspecting prompt {chosen + 1}** ({insp.n_tokens} tokens with BOS): `{prompt}`")
+
+
+def _show(kind: str, cfg: InspectConfig) -> None:
+    fig, frame = build_figure(kind, insp, cfg)
+    render_figure(fig, data=frame, recipe=make_recipe(kind, lm.name, cfg.to_dict()),
+                  key=f"inspect-{kind}", filename=f"{kind}_prompt{chosen + 1}")
+
+
+st.subheader("Residual-stream norms")
+_show("residual_norms", InspectConfig(text=prompt, top_k=k))
+
+st.subheader("Logit lens")
+metric_label = st.radio("Lens colour", ["probability", "rank"], horizontal=True, key="inspect_metric")
+metric = "prob" if metric_label == "probability" else "rank"
+_show("logit_lens", InspectConfig(text=prompt, top_k=k, metric=metric))
+positions = list(range(insp.n_tokens))
+position = st.selectbox(
+    "Position for the top-k table", positions, index=len(positions) - 1, key="inspect_position",
+    format_func=lambda p: f"{p}: {display_token(insp.tokens[p])}",
+)
+st.caption(f"Top-{k} logit-lens tokens at position {position} per layer (probability in brackets).")
+st.dataframe(lens_top_k_frame(insp, position), width="stretch")
+
+st.subheader("Attention pattern")
+left, right = st.columns(2)
+layer = left.selectbox("Layer", list(range(insp.n_layers)), key="inspect_layer")
+head = right.selectbox("Head", list(range(insp.n_heads)), key="inspect_head")
+_show("attention", InspectConfig(text=prompt, top_k=k, layer=int(layer), head=int(head)))
+
+st.subheader("Next-token prediction")
+_show("next_token", InspectConfig(text=prompt, top_k=k))
