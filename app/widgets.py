@@ -10,6 +10,7 @@ import ast
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from analysis.gguf_convert import GEMMA_NOTICE, gemma_terms_path
 from analysis.models import CATALOGUE, LoadedModel, ModelSpec
@@ -40,8 +41,14 @@ def registered_pages() -> list[tuple[str, str, str]]:
 def page_links(exclude: str = "") -> None:
     """One ``st.page_link`` per existing page except ``exclude`` (a file name)."""
     for file, title, icon in registered_pages():
-        if file != exclude:
+        if file == exclude:
+            continue
+        try:
             st.page_link(str(PAGES_DIR / file), label=title, icon=icon)
+        except StreamlitAPIException:
+            # The file appeared after main.py registered this run's pages;
+            # the next rerun registers and links it.
+            continue
 
 
 # ---------------------------------------------------------------- model facts

@@ -71,3 +71,77 @@ def test_home_bad_model_name_shows_error_and_keeps_model(app_server, page):
     assert page.get_by_text("Kept the previous model").is_visible()
     assert page.locator('[data-testid="stMetric"]').filter(has_text="Layers").is_visible()
     _no_exceptions(page)
+
+
+# ---------------------------------------------------------------- live inspection
+
+PROMPTS_TXT = b"The capital of France is Paris, and the capital of Italy is\nOne, two, three, four,\n"
+NORMS_KEY = "inspect-residual_norms"  # pages/live_inspection.py: render_figure key of the heatmap
+
+
+def _open_live_inspection(app_server, page) -> None:
+    if not (ROOT / "pages" / "live_inspection.py").is_file():
+        pytest.fail("pages/live_inspection.py does not exist")
+    page.goto(f"{app_server.url}/live_inspection")
+    page.get_by_role("heading", name="Live inspection").wait_for(timeout=MODEL_LOAD_MS)
+    page.get_by_role("button", name="Run inspection").wait_for(timeout=MODEL_LOAD_MS)
+    _wait_for_app(page)
+
+
+def _upload(page, name: str, data: bytes, mime: str = "text/plain") -> None:
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}]
+    )
+    page.locator('[data-testid="stFileChip"]').filter(has_text=name).wait_for(timeout=30_000)
+
+
+def _norms_heatmap(page):
+    return page.locator(".js-plotly-plot").filter(has_text="Residual-stream norm")
+
+
+def test_live_inspection_upload_heatmap_and_svg_download(app_server, page, screenshots, tmp_path):
+    _open_live_inspection(app_server, page)
+    _upload(page, "prompts.txt", PROMPTS_TXT)
+    page.get_by_role("button", name="Run inspection").click()
+    heatmap = _norms_heatmap(page)
+    heatmap.wait_for(timeout=MODEL_LOAD_MS)
+    _wait_for_app(page)
+    _no_exceptions(page)
+    assert page.get_by_text("Inspecting prompt 1").first.is_visible()
+
+    # A download button with a tooltip is drawn twice (one copy hidden): take the visible one.
+    svg_button = page.locator(f".st-key-{NORMS_KEY}-svg button:visible")
+    t0 = time.perf_counter()
+    with page.expect_download(timeout=180_000) as info:
+        svg_button.click()
+    download = info.value
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    print(f"\n[timing] SVG export of the residual-norm heatmap: {time.perf_counter() - t0:.1f}s")
+    assert target.suffix == ".svg"
+    root = ET.parse(target).getroot()
+    assert root.tag.endswith("svg"), root.tag
+    assert target.stat().st_size > 1000
+
+    # Tall enough for the form, the prompt table and the whole heatmap with its buttons.
+    page.set_viewport_size({"width": 1400, "height": 1750})
+    page.get_by_role("heading", name="Live inspection").scroll_into_view_if_needed()
+    page.screenshot(path=str(screenshots / "live_inspection.png"))
+
+
+def test_live_inspection_binary_upload_shows_error_then_works(app_server, page):
+    _open_live_inspection(app_server, page)
+    _upload(page, "garbage.txt", bytes(range(256)) * 8)
+    page.get_by_role("button", name="Run inspection").click()
+    error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="garbage.txt")
+    error.first.wait_for(timeout=60_000)
+    _wait_for_app(page)
+    _no_exceptions(page)
+    # Still usable: replace the file with a good one and run again.
+    page.locator('[data-testid="stFileChipDeleteBtn"] button').first.click()
+    _upload(page, "prompts.txt", PROMPTS_TXT)
+    page.get_by_role("button", name="Run inspection").click()
+    _norms_heatmap(page).wait_for(timeout=MODEL_LOAD_MS)
+    _wait_for_app(page)
+    assert page.locator('[data-testid="stAlertContentError"]').filter(has_text="garbage.txt").count() == 0
+    _no_exceptions(page)
