@@ -28,7 +28,8 @@ def _parse(filename: str, data: bytes, model: str, _tokenizer) -> PreferenceData
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _rank(filename: str, data: bytes, model: str, cfg: LikelihoodConfig, _lm) -> pd.DataFrame:
-    return rank_pairs(_lm, _parse(filename, data, model, _lm.tokenizer), cfg)
+    # ``model`` is the fingerprint (name, backend, dtype): the cache key of the weights.
+    return rank_pairs(_lm, parse_preferences(filename, data, _lm.tokenizer), cfg)
 
 
 lm = state.require_model()
@@ -79,7 +80,7 @@ with tab_rank:
         st.info(f"Press **Score pairs** to run the model over the {2 * len(data)} responses.")
     else:
         with st.spinner("Scoring pairs ..."):
-            frame = _rank(filename, raw, lm.name, cfg, lm)
+            frame = _rank(filename, raw, lm.fingerprint, cfg, lm)
         st.dataframe(frame, hide_index=True, key="lik_table")
         by_input = frame.sort_values("pair")[score].to_numpy()
         kept = filter_by_percentile(data, by_input, pct)
@@ -146,7 +147,8 @@ with tab_dpo:
     run = state.get("lik_dpo")
     if run:
         if run["status"] == "running":  # a rerun (Stop) interrupted it
-            run["status"] = f"stopped by the user after step {len(run['rows']) - 1}; the trained copy was discarded"
+            run["status"] = (f"interrupted after step {len(run['rows']) - 1} (Stop, or another widget changed); "
+                             "the rows computed are kept, the trained copy was discarded")
         if run["status"].startswith("failed"):
             st.error(run["status"])
         else:
