@@ -1,0 +1,271 @@
+"""Text generation, steered or not, on the shared model (METHODS §3 "Show").
+
+Paths (chosen by name; "auto" picks the fast exact one for the backend):
+
+* ``hf``: transformers ``generate`` (KV cache) on a *twin* of the bridge's
+  Hugging Face model: a plain ``Gemma3ForCausalLM`` (etc.) whose parameters
+  and buffers are the bridge's own tensors (no copy), without the bridge's
+  per-module hook wrappers. Steering is a torch forward hook on the twin's
+  decoder layer ``l``, whose output is ``resid_post[l]``. Bridge default.
+* ``bridge``: ``TransformerBridge.generate`` with the TransformerLens hook.
+* ``tl``: a KV-cached greedy/sampling loop over a ``HookedTransformer``
+  (the tiny test models); the default for that backend.
+
+The bench (``bench/bench_steering.py``) measures the paths; tests check that
+steered outputs of ``hf`` and ``bridge`` agree token for token.
+
+Footguns:
+- Sampling draws from ``torch``'s global generator seeded with ``seed``
+  inside ``fork_rng`` (the caller's RNG state is restored); the same seed
+  gives the same text on the same path, not across paths.
+- Only temperature sampling (no top-k/top-p): the distribution is the model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from analysis.models import LoadedModel
+
+MAX_NEW_TOKENS = 200
+PATHS = ("auto", "hf", "bridge", "tl")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 40
+    do_sample: bool = False
+    seed: int = 0
+    temperature: float = 1.0
+    stop_at_eos: bool = True
+    path: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens}: must be between 1 and {MAX_NEW_TOKENS}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature {self.temperature}: must be > 0 (use do_sample=False for greedy)")
+        if self.path not in PATHS:
+            raise ValueError(f"generation path {self.path!r}: valid paths are {PATHS}")
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What to add while generating: α·v_l at ``layers`` (None: the vector's own)."""
+
+    vector: object  # analysis.steering.SteeringVector
+    alpha: float
+    layers: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str
+    text: str  # the new text only
+    new_tokens: tuple[int, ...]
+    seconds: float
+    path: str
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.new_tokens) / self.seconds if self.seconds > 0 else float("nan")
+
+
+# ---------------------------------------------------------------- the HF twin
+
+_TWINS: "weakref.WeakKeyDictionary[LoadedModel, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def existing_twin(lm: LoadedModel):
+    return _TWINS.get(lm)
+
+
+def hf_twin(lm: LoadedModel):
+    """The plain HF model sharing the bridge's tensors (built once per model, under the lock)."""
+    if lm.backend != "bridge" or not hasattr(lm.model, "original_model"):
+        raise ValueError(f"the 'hf' path needs a TransformerBridge model; {lm.name!r} is {lm.backend!r}")
+    with lm.lock:
+        if lm not in _TWINS:
+            _TWINS[lm] = _build_twin(lm.model.original_model)
+        return _TWINS[lm]
+
+
+def _build_twin(wrapped):
+    """Same architecture on the meta device, then every tensor replaced by the wrapped one."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = wrapped.config
+    with torch.device("meta"):
+        twin = AutoModelForCausalLM.from_config(cfg, attn_implementation=cfg._attn_implementation)
+    wanted = dict(twin.named_parameters(remove_duplicate=False)) | dict(twin.named_buffers(remove_duplicate=False))
+    found = {}
+    for kind in ("named_parameters", "named_buffers"):
+        for name, tensor in getattr(wrapped, kind)(remove_duplicate=False):
+            plain = name.replace("_original_component.", "")
+            if plain in wanted:
+                found[plain] = tensor
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise RuntimeError(f"cannot map the bridge's tensors onto a plain HF model; missing {missing[:4]}")
+    for name, tensor in found.items():
+        owner, _, leaf = name.rpartition(".")
+        module = twin.get_submodule(owner)
+        if leaf in module._parameters:
+            module._parameters[leaf] = tensor
+        else:
+            module._buffers[leaf] = tensor
+    for module in twin.modules():  # plain tensor attributes (e.g. rotary copies) left on meta
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                src = _find_attr(wrapped, module, attr, twin)
+                setattr(module, attr, src)
+    twin.eval()
+    twin.generation_config = wrapped.generation_config
+    return twin
+
+
+def _find_attr(wrapped, module, attr, twin):
+    path = next(n for n, m in twin.named_modules() if m is module)
+    for name, m in wrapped.named_modules():
+        if name.replace("_original_component.", "").replace("._original_component", "") == path:
+            value = getattr(m, attr, None)
+            if isinstance(value, torch.Tensor) and not value.is_meta:
+                return value
+    raise RuntimeError(f"cannot find tensor attribute {path}.{attr} on the bridge's model")
+
+
+# ---------------------------------------------------------------- generation
+
+
+def resolve_path(lm: LoadedModel, path: str) -> str:
+    if path not in PATHS:
+        raise ValueError(f"generation path {path!r}: valid paths are {PATHS}")
+    if path == "auto":
+        return "hf" if lm.backend == "bridge" else "tl"
+    if path in ("hf", "bridge") and lm.backend != "bridge":
+        raise ValueError(f"path {path!r} needs the bridge backend; {lm.name!r} uses {lm.backend!r} (use 'tl')")
+    if path == "tl" and lm.backend == "bridge":
+        raise ValueError("path 'tl' needs a HookedTransformer; for the bridge use 'hf' or 'bridge'")
+    return path
+
+
+def generate(
+    lm: LoadedModel, prompt: str, config: GenerationConfig = GenerationConfig(), *,
+    steering: Steering | None = None, progress: Progress | None = None,
+) -> Generation:
+    """Continue ``prompt``; with ``steering``, α·v is added at every position, generated ones too."""
+    from analysis.steering import apply
+
+    path = resolve_path(lm, config.path)
+    if path == "hf":
+        hf_twin(lm)  # before apply(), so apply() hooks the twin as well
+    ids, _ = lm.tokenize([prompt])
+    steer = (apply(lm, steering.vector, steering.alpha, steering.layers) if steering is not None
+             else contextlib.nullcontext())
+    with lm.lock, steer, torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        start = time.perf_counter()
+        new = _RUNNERS[path](lm, ids, config, progress)
+        seconds = time.perf_counter() - start
+    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    return Generation(prompt=prompt, text=text, new_tokens=tuple(new), seconds=seconds, path=path)
+
+
+def generate_side_by_side(
+    lm: LoadedModel, prompt: str, config: GenerationConfig, steering: Steering,
+    progress: Progress | None = None,
+) -> tuple[Generation, Generation]:
+    """Unsteered and steered continuations with the same settings and seed."""
+    n = config.max_new_tokens
+    plain = generate(lm, prompt, config, progress=(lambda d, t: progress(d, 2 * n)) if progress else None)
+    steered = generate(lm, prompt, config, steering=steering,
+                       progress=(lambda d, t: progress(n + d, 2 * n)) if progress else None)
+    return plain, steered
+
+
+def _eos_ids(lm) -> set[int]:
+    eos = lm.tokenizer.eos_token_id
+    return set() if eos is None else {int(eos)}
+
+
+def _run_hf(lm, ids, config, progress) -> list[int]:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    n_prompt = ids.shape[1]
+
+    class _Report(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            if progress:
+                progress(int(input_ids.shape[1] - n_prompt), config.max_new_tokens)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                  stopping_criteria=StoppingCriteriaList([_Report()]),
+                  pad_token_id=lm.tokenizer.pad_token_id)
+    if config.do_sample:
+        kwargs.update(temperature=config.temperature, top_k=0, top_p=1.0)
+    if not config.stop_at_eos:
+        kwargs["min_new_tokens"] = config.max_new_tokens
+    out = hf_twin(lm).generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return _trim_eos(lm, out[0, n_prompt:].tolist(), config)
+
+
+def _run_bridge(lm, ids, config, progress) -> list[int]:
+    kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, use_past_kv_cache=True,
+                  stop_at_eos=config.stop_at_eos, verbose=False, return_type="tokens")
+    if config.do_sample:
+        kwargs.update(temperature=config.temperature)
+    out = lm.model.generate(ids, **kwargs)
+    if progress:
+        progress(config.max_new_tokens, config.max_new_tokens)
+    return _trim_eos(lm, out[0, ids.shape[1]:].tolist(), config)
+
+
+def _run_tl(lm, ids, config, progress) -> list[int]:
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    model = lm.model
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, ids.shape[0])
+    logits = model(ids, past_kv_cache=cache)
+    new: list[int] = []
+    for step in range(config.max_new_tokens):
+        nxt = _pick(logits[0, -1], config)
+        new.append(nxt)
+        if progress:
+            progress(step + 1, config.max_new_tokens)
+        if config.stop_at_eos and nxt in _eos_ids(lm):
+            break
+        if step + 1 < config.max_new_tokens:
+            logits = model(torch.tensor([[nxt]], device=ids.device), past_kv_cache=cache)
+    return new
+
+
+def _pick(logits: torch.Tensor, config: GenerationConfig) -> int:
+    if not config.do_sample:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / config.temperature, -1)
+    return int(torch.multinomial(probs, 1))
+
+
+def _trim_eos(lm, new: Sequence[int], config) -> list[int]:
+    new = list(new)
+    if config.stop_at_eos:
+        eos = _eos_ids(lm) | {int(t) for t in _as_list(getattr(lm.tokenizer, "eos_token_id", None))}
+        for i, t in enumerate(new):
+            if t in eos:
+                return new[: i + 1]
+    return new
+
+
+def _as_list(x) -> list:
+    return [] if x is None else (list(x) if isinstance(x, (list, tuple)) else [x])
+
+
+_RUNNERS = {"hf": _run_hf, "bridge": _run_bridge, "tl": _run_tl}

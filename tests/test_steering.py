@@ -1,0 +1,327 @@
+"""Steering vectors (METHODS §3): pairs, vectors, layer search, apply, generation, sweep, figures."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from analysis.activations import resid_hook
+from analysis.generation import GenerationConfig, Steering, generate, generate_side_by_side
+from analysis.pairs import Pair, PairSet, load_pair_set, parse_pair_upload, shipped_sets
+from analysis.steering import (
+    POSITIONS, SteeringConfig, SteeringVector, apply, build_steering_vector, compute_pair_activations,
+    js_exact, js_paper, layer_search,
+)
+from analysis.steering_eval import completion_logprobs, compute_alpha_sweep, mean_token_loss
+from analysis.uploads import UploadError
+from tests.conftest import make_tiny_lm
+
+PAIRS = PairSet("toy", (
+    Pair("the food was", " very good", " very bad", "train"),
+    Pair("the movie was", " great !", " terrible !", "train"),
+    Pair("the service was", " good and happy", " bad and sad", "train"),
+    Pair("the day was", " great", " terrible", "test"),
+    Pair("the cat was", " happy", " sad", "test"),
+))
+
+
+def _vector(lm, seed=0, layers=(1,)):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(lm.n_layers, lm.d_model, generator=g).numpy()
+    return SteeringVector(model=lm.name, vectors=v.astype(np.float32), layers=layers)
+
+
+def _logits(lm, text="the food was very good"):
+    ids, _ = lm.tokenize([text])
+    with lm.locked() as model, torch.no_grad():
+        return model(ids)
+
+
+def _resid(lm, ids, layer):
+    with lm.locked() as model, torch.no_grad():
+        _, cache = model.run_with_cache(ids, names_filter=resid_hook(layer))
+    return cache[resid_hook(layer)][0]
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def test_shipped_sets_load_with_their_split():
+    assert {"sentiment", "register", "facts", "future_past"} <= set(shipped_sets())
+    ps = load_pair_set("sentiment")
+    assert len(ps.pairs) == 80 and len(ps.test) == 16 and len(ps.train) == 64
+    assert ps.positive_label == "positive sentiment"
+    assert ps.pairs[0].positive_text == ps.pairs[0].prompt + ps.pairs[0].positive
+
+
+def test_upload_formats_and_errors():
+    rows = [{"prompt": f"p{i}", "positive": " a", "negative": " b"} for i in range(10)]
+    ps = parse_pair_upload("x.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    assert len(ps.test) == 2 and len(ps.train) == 8  # seeded 20 % hold-out without split fields
+    assert ps == parse_pair_upload("x.jsonl", "\n".join(json.dumps(r) for r in rows).encode())
+    two = b"positive_prompt,negative_prompt\nI love it,I hate it\nGreat day,Awful day\nnice,mean\n"
+    ps = parse_pair_upload("y.csv", two)
+    assert ps.pairs[0].prompt == "" and ps.pairs[0].positive == "I love it"
+    with pytest.raises(UploadError, match="expected"):
+        parse_pair_upload("z.jsonl", b'{"prompt": "a", "positive": "b"}\n')
+    with pytest.raises(UploadError, match="at least 2"):
+        parse_pair_upload("z.jsonl", b'{"prompt": "a", "positive": "b", "negative": "c"}\n')
+    with pytest.raises(ValueError, match="Shipped sets"):
+        load_pair_set("no_such_set")
+
+
+# ---------------------------------------------------------------- layer-search scores
+
+
+def test_scores_equal_hand_computed_kl_and_js():
+    p, n = np.array([0.5, 0.5]), np.array([0.9, 0.1])
+    m = (p + n) / 2  # [0.7, 0.3]
+    exact = (0.5 * np.log(0.5 / 0.7) + 0.5 * np.log(0.5 / 0.3) + 0.9 * np.log(0.9 / 0.7) + 0.1 * np.log(0.1 / 0.3)) / 2
+    paper = (0.5 * (np.log(0.5) - 0.7) + 0.5 * (np.log(0.5) - 0.3) + 0.9 * (np.log(0.9) - 0.7) + 0.1 * (np.log(0.1) - 0.3)) / 2
+    # softmax(log p) = p, so activations log p give exactly these distributions
+    pos, neg = np.log(p)[None], np.log(n)[None]
+    assert js_exact(pos, neg) == pytest.approx(exact, rel=1e-12)
+    assert js_paper(pos, neg) == pytest.approx(paper, rel=1e-12)
+    # oracle: torch's kl_div used correctly (log M) and as the authors' code does (M)
+    tp, tn, tm = (torch.tensor(x, dtype=torch.float64) for x in (p, n, m))
+    assert js_exact(pos, neg) == pytest.approx(float(F.kl_div(tm.log(), tp, reduction="sum") + F.kl_div(tm.log(), tn, reduction="sum")) / 2)
+    assert js_paper(pos, neg) == pytest.approx(float(F.kl_div(tm, tp, reduction="sum") + F.kl_div(tm, tn, reduction="sum")) / 2)
+    assert js_exact(pos, pos) == pytest.approx(0.0, abs=1e-15)
+    assert js_exact(pos, neg) <= np.log(2)
+
+
+def test_scores_average_over_pairs_and_survive_huge_activations():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    each = [js_exact(pos[i:i + 1], neg[i:i + 1]) for i in range(4)]
+    assert js_exact(pos, neg) == pytest.approx(np.mean(each))
+    big = pos.copy()
+    big[:, 0] = 5000.0  # Gemma-like massive dimension: softmax is one-hot, no NaN
+    assert np.isfinite(js_exact(big, neg)) and np.isfinite(js_paper(big, neg))
+
+
+def test_config_validation_names_valid_values():
+    with pytest.raises(ValueError, match="minus2"):
+        SteeringConfig(position="first")
+    with pytest.raises(ValueError, match="paper"):
+        SteeringConfig(score="kl")
+    assert SteeringConfig().candidates(18) == tuple(range(9))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationConfig(max_new_tokens=201)
+    with pytest.raises(ValueError, match="valid paths"):
+        GenerationConfig(path="fast")
+
+
+# ---------------------------------------------------------------- vectors
+
+
+@pytest.mark.parametrize("position", list(POSITIONS))
+def test_pair_activations_match_plain_forward(tiny_lm, position):
+    acts = compute_pair_activations(tiny_lm, PAIRS.pairs, position)
+    assert acts.positive.shape == (5, tiny_lm.n_layers, tiny_lm.d_model)
+    for i, pair in enumerate(PAIRS.pairs):
+        ids, _ = tiny_lm.tokenize([pair.negative_text])
+        n_prompt = len(tiny_lm.tokenizer(pair.prompt)["input_ids"])
+        for layer in range(tiny_lm.n_layers):
+            r = _resid(tiny_lm, ids, layer)
+            want = {"minus2": r[-2], "last": r[-1], "completion_mean": r[n_prompt:].mean(0)}[position]
+            np.testing.assert_allclose(acts.negative[i, layer], want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts.vectors, (acts.positive - acts.negative).mean(0), rtol=1e-6)
+
+
+def test_build_search_and_save_load_roundtrip(tiny_lm, tmp_path):
+    vec, search, acts = build_steering_vector(tiny_lm, PAIRS, SteeringConfig(score="exact"))
+    assert tuple(search.layers) == (0,)  # first half of 3 layers
+    assert vec.layers == (search.best,) and vec.meta["n_pairs"] == 3
+    full = layer_search(acts, "paper")
+    assert full.scores.shape == (tiny_lm.n_layers,)
+    path = vec.save(tmp_path / "v")
+    back = SteeringVector.load(path)
+    assert back.model == vec.model and back.layers == vec.layers and back.meta == vec.meta
+    np.testing.assert_array_equal(back.vectors, vec.vectors)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not a readable"):
+        SteeringVector.load(tmp_path / "bad.safetensors")
+
+
+# ---------------------------------------------------------------- apply
+
+
+def test_alpha_zero_gives_exactly_unsteered_logits(tiny_lm):
+    base = _logits(tiny_lm)
+    with apply(tiny_lm, _vector(tiny_lm), 0.0, layers=[0, 1, 2]):
+        same = _logits(tiny_lm)
+    assert torch.equal(base, same)
+    # and a hook adding an all-zero vector changes nothing either
+    zero = SteeringVector(tiny_lm.name, np.zeros((3, tiny_lm.d_model), np.float32), (1,))
+    with apply(tiny_lm, zero, 5.0):
+        assert torch.equal(base, _logits(tiny_lm))
+
+
+def test_hook_adds_alpha_v_at_every_position_including_generated(tiny_lm):
+    vec, alpha, layer = _vector(tiny_lm), 2.5, 1
+    seen = []
+    capture = (resid_hook(layer), lambda r, hook: seen.append(r.detach().clone()))
+    cfg = GenerationConfig(max_new_tokens=6, stop_at_eos=False)
+    with apply(tiny_lm, vec, alpha, [layer]), tiny_lm.hooked([capture]):
+        gen = generate(tiny_lm, "the food was", cfg)  # KV cache: after the prompt, one token per step
+    assert [s.shape[1] for s in seen] == [4] + [1] * 5
+    steered = torch.cat(seen, 1)[0]
+    ids, _ = tiny_lm.tokenize(["the food was"])
+    full = torch.cat([ids, torch.tensor([gen.new_tokens[:-1]])], 1)
+    plain = _resid(tiny_lm, full, layer)
+    want = torch.as_tensor(alpha * vec.vectors[layer]).expand_as(plain)
+    torch.testing.assert_close(steered - plain, want, rtol=1e-5, atol=1e-5)
+    # without the KV cache the steered run recomputes every position: same tokens
+    with apply(tiny_lm, vec, alpha, [layer]), torch.no_grad():
+        toks = tiny_lm.model.generate(ids, max_new_tokens=6, do_sample=False, use_past_kv_cache=False,
+                                      stop_at_eos=False, verbose=False, return_type="tokens")
+    assert tuple(toks[0, 4:].tolist()) == gen.new_tokens
+
+
+def test_model_bit_identical_after_block_and_after_exception(tiny_lm):
+    before = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
+    base = _logits(tiny_lm)
+    with apply(tiny_lm, _vector(tiny_lm), 10.0, [0, 2]):
+        assert not torch.equal(_logits(tiny_lm), base)
+    tiny_lm.assert_clean()
+    assert torch.equal(_logits(tiny_lm), base)
+    with pytest.raises(RuntimeError, match="boom"):
+        with apply(tiny_lm, _vector(tiny_lm), 10.0):
+            raise RuntimeError("boom")
+    tiny_lm.assert_clean()
+    assert torch.equal(_logits(tiny_lm), base)
+    after = tiny_lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert tiny_lm.lock.acquire(blocking=False)  # the lock was released
+    tiny_lm.lock.release()
+
+
+def test_two_threads_steered_run_never_leaks_into_unsteered():
+    lm = make_tiny_lm(seed=3, name="tiny-threads")
+    vec, cfg = _vector(lm, seed=1), GenerationConfig(max_new_tokens=8, stop_at_eos=False)
+    base_logits, base_gen = _logits(lm), generate(lm, "the cat was", cfg).new_tokens
+    steered_gen = generate(lm, "the cat was", cfg, steering=Steering(vec, 50.0, (0, 1))).new_tokens
+    assert steered_gen != base_gen  # the steering is strong enough to show if it leaked
+    errors, results = [], []
+
+    def steer():
+        try:
+            for _ in range(6):
+                generate(lm, "the cat was", cfg, steering=Steering(vec, 50.0, (0, 1)))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    def plain():
+        try:
+            for _ in range(6):
+                results.append((_logits(lm), generate(lm, "the cat was", cfg).new_tokens))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=steer), threading.Thread(target=plain)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert len(results) == 18
+    for logits, tokens in results:
+        assert torch.equal(logits, base_logits) and tokens == base_gen
+    lm.assert_clean()
+
+
+def test_sampling_is_seeded_and_side_by_side(tiny_lm):
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=True, seed=7, stop_at_eos=False)
+    a, b = generate(tiny_lm, "the dog", cfg), generate(tiny_lm, "the dog", cfg)
+    assert a.new_tokens == b.new_tokens
+    steps = []
+    plain, steered = generate_side_by_side(tiny_lm, "the dog", GenerationConfig(max_new_tokens=5, stop_at_eos=False),
+                                           Steering(_vector(tiny_lm), 30.0), progress=lambda d, t: steps.append((d, t)))
+    assert steps[-1] == (10, 10) and plain.new_tokens != steered.new_tokens
+    with pytest.raises(ValueError, match="bridge"):
+        generate(tiny_lm, "the dog", GenerationConfig(path="hf"))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_sweep_gap_matches_per_text_oracle(tiny_lm):
+    vec, _, _ = build_steering_vector(tiny_lm, PAIRS)
+    sweep = compute_alpha_sweep(tiny_lm, vec, PAIRS.test, [-1.0, 1.0], background=["the day was good ."])
+    assert sweep.alphas.tolist() == [-1.0, 0.0, 1.0]
+    for i, pair in enumerate(PAIRS.test):  # α = 0: plain torch, each text alone
+        lp = {}
+        for which in ("positive", "negative"):
+            ids, _ = tiny_lm.tokenize([pair.prompt + getattr(pair, which)])
+            n = len(tiny_lm.tokenizer(pair.prompt)["input_ids"])
+            logp = _logits(tiny_lm, pair.prompt + getattr(pair, which))[0].log_softmax(-1)
+            lp[which] = sum(float(logp[t - 1, ids[0, t]]) for t in range(n, ids.shape[1]))
+        assert sweep.gaps[1, i] == pytest.approx(lp["positive"] - lp["negative"], rel=1e-5, abs=1e-5)
+    ids, _ = tiny_lm.tokenize(["the day was good ."])
+    loss = F.cross_entropy(_logits(tiny_lm, "the day was good .")[0, :-1], ids[0, 1:])
+    assert sweep.background_loss[1] == pytest.approx(float(loss), rel=1e-5)
+    with apply(tiny_lm, vec, 1.0):
+        assert completion_logprobs(tiny_lm, ["the day was"], [" great"])[0] == pytest.approx(
+            sweep.gaps[2, 0] + completion_logprobs(tiny_lm, ["the day was"], [" terrible"])[0], rel=1e-5)
+        assert mean_token_loss(tiny_lm, ["the day was good ."]) == pytest.approx(sweep.background_loss[2], rel=1e-6)
+
+
+def test_figures_build(tiny_lm):
+    from analysis.figures.steering import alpha_sweep_figure, layer_search_figure, sae_links_figure
+    from analysis.steering_eval import SaeLinks
+
+    vec, search, acts = build_steering_vector(tiny_lm, PAIRS)
+    fig = layer_search_figure(layer_search(acts, "paper"), chosen=1)
+    assert any("chosen layer 1" in (t.name or "") for t in fig.data)
+    sweep = compute_alpha_sweep(tiny_lm, vec, PAIRS.test, [1.0], background=["the day ."])
+    assert len(alpha_sweep_figure(sweep).data) == 2
+    links = SaeLinks("toy", 1, np.array([3, 1]), np.array([0.5, -0.2]))
+    assert list(sae_links_figure(links).data[0].x) == [-0.2, 0.5]
+
+
+# ---------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="module")
+def sentiment(real_lm):
+    ps = load_pair_set("sentiment")
+    vec, search, _ = build_steering_vector(real_lm, ps)
+    return ps, vec, search
+
+
+@pytest.mark.real_model
+def test_real_hf_twin_and_bridge_paths_agree_when_steered(real_lm, sentiment):
+    from analysis.generation import hf_twin
+
+    _, vec, _ = sentiment
+    twin = hf_twin(real_lm)
+    shared = {p.data_ptr() for p in real_lm.model.original_model.parameters()}
+    assert all(p.data_ptr() in shared for p in twin.parameters())  # no copy of the weights
+    cfg = dict(max_new_tokens=12, stop_at_eos=False)
+    for alpha in (0.0, 2.0):
+        s = Steering(vec, alpha, (3,))
+        hf = generate(real_lm, "I think this restaurant is", GenerationConfig(path="hf", **cfg), steering=s)
+        br = generate(real_lm, "I think this restaurant is", GenerationConfig(path="bridge", **cfg), steering=s)
+        print(alpha, repr(hf.text))
+        assert hf.new_tokens == br.new_tokens
+    real_lm.assert_clean()
+    for layer in twin.model.layers:
+        assert not layer._forward_hooks
+
+
+@pytest.mark.real_model
+def test_real_sentiment_vector_raises_heldout_gap_monotonically(real_lm, sentiment):
+    ps, vec, search = sentiment
+    print("layer search", search.score, dict(zip(search.layers.tolist(), np.round(search.scores, 4).tolist())))
+    alphas = [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0]
+    sweep = compute_alpha_sweep(real_lm, vec, ps.test, alphas, background=[])
+    print("chosen layer", vec.layers[0], "alpha", sweep.alphas.tolist(), "gap", np.round(sweep.gap_mean, 3).tolist())
+    assert np.all(np.diff(sweep.gap_mean) > 0)
+    real_lm.assert_clean()
