@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
+from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from analysis.bias import BiasConfig, compute_bias, layer_frame, load_presets, sae_view, summary_frame
 from analysis.bias_behaviour import behaviour_data, behaviour_rows, load_templates
@@ -19,6 +22,33 @@ REPRESENTATIONS = {"dense": "Dense CAV", "sae-diff": "SAE code difference", "sae
 @st.cache_data(show_spinner=False, max_entries=16)
 def _bias(cfg: BiasConfig, model: str, _lm, _progress=None):
     return compute_bias(_lm, cfg, _progress)
+
+
+def _with_progress(fn):
+    """Run ``fn(progress)`` in a worker thread while this script moves a progress bar.
+
+    The callback only writes a dict: an st call inside a cached function on a bar made
+    outside it would break the cache's replay (CacheReplayClosureError) on the next hit.
+    """
+    box, out = {"f": 0.0, "msg": "starting ..."}, {}
+
+    def work():
+        try:
+            out["value"] = fn(lambda f, msg: box.update(f=min(1.0, max(0.0, f)), msg=msg))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the script thread below
+            out["error"] = err
+
+    worker = threading.Thread(target=work, daemon=True)
+    add_script_run_ctx(worker, get_script_run_ctx())
+    worker.start()
+    bar = st.progress(0.0, text=box["msg"])
+    while worker.is_alive():
+        worker.join(0.25)
+        bar.progress(box["f"], text=box["msg"])
+    bar.empty()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -71,7 +101,8 @@ with st.expander("Estimation"):
     cav_method = e3.selectbox("CAV fit", ["logistic", "mean_diff"], key="bias_cav")
     top_k = int(e4.number_input("SAE top-k", 1, 4096, 32, key="bias_topk"))
     signed = not st.checkbox("Magnitude |Bias| instead of signed", key="bias_abs")
-    cap = st.number_input("Texts per concept (0 = all; fewer is faster)", 0, 500, 0, key="bias_cap")
+    cap = int(st.number_input("Texts per concept (0 = all; fewer is faster; the background gets 3× as many, "
+                              "at least 40)", 0, 500, 0, key="bias_cap"))
 
 if rep != "dense" and not has_sae:
     st.warning(f"No SAE is shipped for {lm.name}: choose the dense representation.")
@@ -79,7 +110,8 @@ if rep != "dense" and not has_sae:
 try:
     cfg = BiasConfig(targets=tuple(targets), ref1=ref1, ref2=ref2, representation=rep, top_k=top_k, signed=signed,
                      layer_rule=rule, acc_threshold=float(threshold), layer=layer, n_bootstrap=n_boot,
-                     n_permutations=n_perm, cav_method=cav_method, max_texts=int(cap) or None)
+                     n_permutations=n_perm, cav_method=cav_method, max_texts=cap or None,
+                     max_background=max(40, 3 * cap) if cap else None)
 except ValueError as err:
     st.error(str(err))
     st.stop()
@@ -92,14 +124,11 @@ if state.get("bias_cfg") != cfg:
             "(cached on disk afterwards), CAVs, then the bootstrap.")
     st.stop()
 
-bar = st.progress(0.0, text="starting ...")
 try:
-    result = _bias(cfg, lm.name, lm, lambda f, msg: bar.progress(min(1.0, f), text=msg))
+    result = _with_progress(lambda progress: _bias(cfg, lm.name, lm, progress))
 except ValueError as err:
-    bar.empty()
     st.error(str(err))
     st.stop()
-bar.empty()
 for msg in result.messages.values():
     st.warning(msg)
 
