@@ -98,6 +98,7 @@ class InspectConfig:
     layer: int | None = None
     head: int | None = None
     metric: str = "prob"
+    log_norms: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not self.text.strip():
@@ -108,6 +109,8 @@ class InspectConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} {value!r}: must be a non-negative integer or None")
+        if not isinstance(self.log_norms, bool):
+            raise ValueError(f"log_norms {self.log_norms!r}: must be true or false")
         if self.metric not in METRICS:
             raise ValueError(f"metric {self.metric!r}: valid metrics are {METRICS}")
 
@@ -336,7 +339,7 @@ def build_figure(kind: str, insp: PromptInspection, cfg: InspectConfig):
     from analysis.figures import inspection as figs
 
     if kind == "residual_norms":
-        return figs.residual_norms_figure(insp), residual_norms_frame(insp)
+        return figs.residual_norms_figure(insp, cfg.log_norms), residual_norms_frame(insp)
     if kind == "logit_lens":
         return figs.logit_lens_figure(insp, cfg.metric), logit_lens_frame(insp)
     if kind == "next_token":

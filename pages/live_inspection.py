@@ -27,7 +27,7 @@ DEFAULT_PROMPTS = (
 SCORE_CHUNK = 4  # prompts per cached scoring call (and per progress step)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=16)  # attention is layers x heads x T x T
 def _inspect(_lm, model_name: str, text: str, top_k: int):
     return inspect_prompt(_lm, text, top_k)
 
@@ -130,7 +130,9 @@ def _show(kind: str, cfg: InspectConfig) -> None:
 
 
 st.subheader("Residual-stream norms")
-_show("residual_norms", InspectConfig(text=prompt, top_k=k))
+log_norms = st.checkbox("Log colour scale", value=True, key="inspect_log_norms",
+                        help="BOS usually has a far larger norm than the other tokens")
+_show("residual_norms", InspectConfig(text=prompt, top_k=k, log_norms=log_norms))
 
 st.subheader("Logit lens")
 metric_label = st.radio("Lens colour", ["probability", "rank"], horizontal=True, key="inspect_metric")

@@ -125,6 +125,9 @@ def test_figures_and_frames(tiny_lm):
     fig = figs.residual_norms_figure(insp)
     assert isinstance(fig, go.Figure) and fig.layout.template.layout.font.family.startswith("DejaVu")
     assert len(set(fig.data[0].x)) == 5  # repeated tokens keep separate columns
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), insp.resid_norms)
+    logged = figs.residual_norms_figure(insp, log=True)
+    np.testing.assert_allclose(np.asarray(logged.data[0].z), np.log10(insp.resid_norms))
     lens = figs.logit_lens_figure(insp, "prob")
     np.testing.assert_allclose(np.asarray(lens.data[0].z), insp.observed_prob)
     assert list(lens.data[0].text[2]) == list(insp.lens_top_tokens[2, :4, 0])

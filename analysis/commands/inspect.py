@@ -44,7 +44,7 @@ def _inspect(args) -> int:
     if not 0 <= args.index < len(prompts):
         raise ValueError(f"--index {args.index}: the file has {len(prompts)} prompts (valid 0..{len(prompts) - 1})")
     cfg = InspectConfig(text=prompts[args.index], top_k=args.top_k, layer=args.layer,
-                        head=args.head, metric=args.metric)
+                        head=args.head, metric=args.metric, log_norms=args.log_norms)
     lm = load_from_args(args)
     n_heads = int(lm.model.cfg.n_heads)
     if not 0 <= args.layer < lm.n_layers or not 0 <= args.head < n_heads:
@@ -79,6 +79,7 @@ def register(sub) -> None:
     p.add_argument("--layer", type=int, default=0, help="attention figure: layer")
     p.add_argument("--head", type=int, default=0, help="attention figure: head")
     p.add_argument("--metric", default="prob", choices=("prob", "rank"), help="logit-lens colour")
+    p.add_argument("--log-norms", action="store_true", help="residual norms on a log10 colour scale")
     p.add_argument("--batch-size", type=int, default=4, help="with --file: prompts per forward pass")
     add_model_args(p)
     p.set_defaults(func=_inspect)

@@ -15,12 +15,17 @@ from analysis.inspection import PromptInspection, check_layer_head, display_toke
 MAX_CELL_TEXT_TOKENS = 40  # beyond this many positions, top-1 tokens go to hover only
 
 
-def residual_norms_figure(insp: PromptInspection) -> go.Figure:
-    """Heatmap of ‖resid_post[l]‖: tokens on x, layers on y."""
+def residual_norms_figure(insp: PromptInspection, log: bool = False) -> go.Figure:
+    """Heatmap of ‖resid_post[l]‖: tokens on x, layers on y.
+
+    ``log`` colours by log10 of the norm: BOS often has a norm many times the
+    others' (Gemma: ~100k vs ~10k), which flattens a linear scale.
+    """
+    z = np.log10(insp.resid_norms) if log else insp.resid_norms
     fig = go.Figure(go.Heatmap(
-        z=insp.resid_norms, x=insp.labels, y=list(range(insp.n_layers)),
-        colorbar=dict(title="‖resid‖"),
-        hovertemplate="token %{x}<br>layer %{y}<br>norm %{z:.2f}<extra></extra>",
+        z=z, x=insp.labels, y=list(range(insp.n_layers)), customdata=insp.resid_norms,
+        colorbar=dict(title="log10 ‖resid‖" if log else "‖resid‖"),
+        hovertemplate="token %{x}<br>layer %{y}<br>norm %{customdata:.2f}<extra></extra>",
     ))
     fig.update_layout(title="Residual-stream norm per token and layer",
                       xaxis_title="token", yaxis_title="layer (resid_post)")
