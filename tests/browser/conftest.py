@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.models import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
@@ -59,7 +61,7 @@ def app_server():
     log = ARTIFACTS / "browser" / "streamlit.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("REPSCOPE_MODEL", "gemma-3-270m-offline")
+    env.setdefault("REPSCOPE_MODEL", DEFAULT_MODEL)
     env.setdefault("HF_HUB_OFFLINE", "1")
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
