@@ -1,0 +1,158 @@
+"""Concepts: fit concept activation vectors per layer, check them against random splits, compare them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+from analysis.cavs import FITTERS, CavConfig, accuracy_frame, fit_from_config, similarity_frame
+from analysis.concepts import (
+    background_texts,
+    delete_workspace_concept,
+    load_all_sets,
+    save_uploaded_concepts,
+)
+from analysis.figures.concepts import accuracy_figure, projection_figure, similarity_figure
+from analysis.projection import METHODS as PROJECTIONS
+from analysis.projection import ProjectionConfig, compute_projection, projection_frame
+from analysis.recipes import make_recipe
+from analysis.uploads import UploadError, parse_concept_upload
+from app.figures import render_figure
+from app.state import get, put, require_model
+
+DEFAULT_CONCEPTS = ("positive_sentiment", "negative_sentiment")
+
+
+def _sets_key(sets: dict, names) -> tuple:
+    """Content fingerprint of the chosen sets, so an edited workspace set refits."""
+    return tuple((n, hashlib.sha256("\n".join(sets[n].texts).encode()).hexdigest()) for n in names)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _fit(_lm, model_name: str, config: CavConfig, sets_key: tuple):
+    # The bar is created in here: a cached function may not write to blocks made outside it.
+    bar = st.progress(0.0, text="Extracting activations ...")
+    result = fit_from_config(_lm, config, lambda f, m: bar.progress(min(f, 1.0), text=m))
+    bar.empty()
+    return result
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _project(_lm, model_name: str, config: ProjectionConfig, sets_key: tuple):
+    from analysis.concepts import load_concepts
+
+    return compute_projection(_lm, load_concepts(), background_texts(config.background), config)
+
+
+def _upload_section() -> None:
+    with st.expander("Upload or remove your own concept sets"):
+        st.caption("A .txt file is one concept (one example per line, named after the file); a .csv/.jsonl "
+                   "needs a `text` column and may have a `concept` column. Saved sets persist across restarts.")
+        upload = st.file_uploader("Concept file", type=["txt", "csv", "jsonl"], key="concepts_upload")
+        rename = st.text_input("Name (single-concept files; snake_case)", key="concepts_upload_name")
+        if st.button("Save to workspace", disabled=upload is None, key="concepts_save"):
+            try:
+                parsed = parse_concept_upload(upload.name, upload.getvalue())
+                if rename.strip():
+                    if len(parsed) != 1:
+                        raise UploadError(f"{upload.name} holds {len(parsed)} concepts; a name only applies to one")
+                    parsed = {rename.strip(): next(iter(parsed.values()))}
+                saved = save_uploaded_concepts(parsed)
+                st.success("Saved " + ", ".join(f"{s.name} ({len(s.texts)} texts)" for s in saved))
+            except (UploadError, ValueError) as err:
+                st.error(str(err))
+        try:
+            own = sorted(n for n, s in load_all_sets().items() if s.source == "workspace")
+        except ValueError:
+            own = []
+        if own:
+            gone = st.selectbox("Workspace concept", own, key="concepts_delete_pick")
+            if st.button("Delete", key="concepts_delete"):
+                delete_workspace_concept(gone)
+                st.rerun()
+
+
+def main() -> None:
+    st.title("Concepts")
+    st.caption("Concept activation vectors (TCAV): per layer, a linear probe separates a concept's texts from "
+               "neutral background texts; shaded bands show accuracies of probes trained on random background "
+               "splits, and hollow markers are CAVs that do not beat them (METHODS §1).")
+    lm = require_model()
+    _upload_section()
+    try:
+        sets = load_all_sets()
+    except ValueError as err:
+        st.error(f"Could not read the concept sets: {err}")
+        st.stop()
+    concepts = {n: s for n, s in sets.items() if s.kind == "concept"}
+    backgrounds = [n for n, s in sets.items() if s.kind == "background"]
+
+    left, right = st.columns(2)
+    chosen = left.multiselect(
+        "Concepts", list(concepts), default=[c for c in DEFAULT_CONCEPTS if c in concepts],
+        format_func=lambda n: f"{n} ({len(concepts[n].texts)}{', yours' if concepts[n].source == 'workspace' else ''})",
+        key="concepts_pick",
+    )
+    background = right.selectbox("Background (negatives)", backgrounds, key="concepts_background")
+    top = lm.n_layers - 1
+    lo, hi = left.slider("Layers", 0, top, (0, top), key="concepts_layers")
+    method = right.selectbox("Method", list(FITTERS), key="concepts_method")
+    pooling = left.selectbox("Pooling", ["last", "mean"], key="concepts_pooling")
+    n_random = right.number_input("Random-split runs (TCAV null)", 1, 50, 10, key="concepts_random")
+    max_texts = left.number_input("Max texts per concept (0 = all)", 0, 1000, 0, step=10, key="concepts_max")
+    if st.button("Run", type="primary", disabled=not chosen, key="concepts_run"):
+        try:
+            config = CavConfig(
+                concepts=tuple(chosen), layers=tuple(range(lo, hi + 1)), pooling=pooling, method=method,
+                n_random=int(n_random), max_texts=int(max_texts) or None, background=background,
+            )
+        except ValueError as err:
+            st.error(str(err))
+            st.stop()
+        put("cav_config", config)
+        try:
+            _fit(lm, lm.name, config, _sets_key(sets, (*chosen, background)))
+        except ValueError as err:
+            put("cav_config", None)
+            st.error(str(err))
+            st.stop()
+
+    config: CavConfig | None = get("cav_config")
+    if config is None or any(n not in sets for n in (*config.concepts, config.background)):
+        st.info("Pick concepts and press Run.")
+        return
+    result = _fit(lm, lm.name, config, _sets_key(sets, (*config.concepts, config.background)))
+    recipe = make_recipe("cav_accuracy", lm.name, config.to_dict())
+    render_figure(accuracy_figure(result), data=accuracy_frame(result), recipe=recipe,
+                  key="cav_accuracy", filename="cav_accuracy")
+
+    layer = st.select_slider("Layer for the similarity matrix, projection and SAE probes", list(result.layers),
+                             value=result.best_layer(config.concepts[0]), key="concepts_layer")
+    if len(config.concepts) > 1:
+        sim = similarity_frame(result, layer)
+        render_figure(similarity_figure(sim.to_numpy(), config.concepts, layer), data=sim.reset_index(names="concept"),
+                      recipe=make_recipe("cav_similarity", lm.name, {**config.to_dict(), "layer": layer}),
+                      key="cav_similarity", filename=f"cav_similarity_L{layer}")
+
+    how = st.radio("Projection", PROJECTIONS, horizontal=True, format_func=str.upper, key="concepts_proj")
+    if how == "umap":
+        st.caption("UMAP compiles its kernels on first use in a process (about a minute).")
+    pconfig = ProjectionConfig(concepts=config.concepts, layer=layer, method=how, pooling=config.pooling,
+                               seed=config.seed, background=config.background)
+    with st.spinner(f"Projecting activations at layer {layer} ..."):
+        data = _project(lm, lm.name, pconfig, _sets_key(sets, (*config.concepts, config.background)))
+    render_figure(projection_figure(data.coords, data.labels, method=how, layer=layer, texts=data.texts,
+                                    background_label=config.background),
+                  data=projection_frame(data), recipe=make_recipe("concept_projection", lm.name, pconfig.to_dict()),
+                  key="concept_projection", filename=f"concept_projection_{how}_L{layer}")
+
+    try:
+        from app.sae_panel import render_sae_panel
+    except ImportError:
+        st.info("SAE probes are not available in this installation.")
+        return
+    render_sae_panel(lm, list(config.concepts), layer)
+
+
+main()
