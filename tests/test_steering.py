@@ -325,3 +325,24 @@ def test_real_sentiment_vector_raises_heldout_gap_monotonically(real_lm, sentime
     print("chosen layer", vec.layers[0], "alpha", sweep.alphas.tolist(), "gap", np.round(sweep.gap_mean, 3).tolist())
     assert np.all(np.diff(sweep.gap_mean) > 0)
     real_lm.assert_clean()
+
+
+def test_cli_steer_writes_vector_figures_and_numbers(tiny_lm, tmp_path, monkeypatch):
+    from analysis import cli
+    from analysis.commands import steer
+
+    monkeypatch.setattr(steer, "load_from_args", lambda args: tiny_lm)
+    monkeypatch.setattr("analysis.concepts.background_texts", lambda *a, **k: ("the day was good .",))
+    rc = cli.main(["steer", "--pairs", "sentiment", "--out", str(tmp_path), "--alpha=-1,1", "--formats", ""])
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["alpha_sweep"]["alpha"] == [-1.0, 0.0, 1.0] and summary["n_test"] == 16
+    assert SteeringVector.load(tmp_path / "steering_vector.safetensors").layers == (summary["chosen_layer"],)
+    assert (tmp_path / "alpha_sweep.csv").exists() and (tmp_path / "layer_search.recipe.json").exists()
+    assert cli.main(["steer", "--pairs", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_recipes_registered():
+    from analysis.recipes import registry
+
+    assert {"steering_layer_search", "steering_alpha_sweep", "steering_cav_links", "steering_sae_links"} <= set(registry())
