@@ -287,7 +287,7 @@ def train_topk_sae(acts: Float[Tensor, "n d_in"], cfg: SAETrainConfig,
         opt.step()
         with torch.no_grad():
             params["W_dec"] /= params["W_dec"].norm(dim=-1, keepdim=True)
-        fvu = float(mse) / var
+        fvu = float(mse.detach()) / var
         if step % 250 == 0 or step == cfg.steps - 1:
             progress(f"step {step:5d}  fvu {fvu:.3f}  dead {float(dead.float().mean()):.3f}")
     with torch.no_grad():
@@ -346,4 +346,37 @@ def train_and_save(lm: LoadedModel, cfg: SAETrainConfig, out_dir: Path,
                     "total_seconds": round(time.perf_counter() - t0, 1)})
     sae.save_model(out_dir)
     (out_dir / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+    (out_dir / "README.md").write_text(readme(lm.name, cfg, corpus, quality))
     return quality
+
+
+def readme(model_name: str, cfg: SAETrainConfig, corpus: Corpus, q: dict) -> str:
+    """The README.md shipped next to the SAE: what it is, how it was made, how good it is."""
+    args = (f"--layer {cfg.layer} --d-sae {cfg.d_sae} --k {cfg.k} --steps {cfg.steps} "
+            f"--batch-size {cfg.batch_size} --lr {cfg.lr} --n-samples {cfg.n_samples} "
+            f"--gen-tokens {cfg.gen_tokens} --seed {cfg.seed}")
+    return f"""# TopK SAE: {model_name}, `{q['hook_name']}`, {cfg.d_sae} latents, k={cfg.k}
+
+sae-lens format (`cfg.json` + `sae_weights.safetensors`, architecture `topk`, float32):
+`sae_lens.SAE.load_from_disk(folder)` loads it; inputs are raw residuals (no normalisation).
+
+Made with `repscope train-sae {args}` ({q.get('train_seconds', '?')} s of training,
+{q.get('train_tokens', '?')} tokens, on a shared 2-core CPU).
+
+## Corpus (all offline, reproducible)
+- every text of the shipped concept sets, background included: {', '.join(corpus.concept_files)};
+- {len(corpus.generated)} texts the model wrote itself: each of the {len(SEED_PROMPTS)} seed prompts in
+  `analysis/sae_training.py` continued {cfg.n_samples} times, {cfg.gen_tokens} new tokens, temperature
+  {cfg.temperature}, no top-k/top-p, `torch.manual_seed({cfg.seed})`, one left-padded batch. They are stored
+  verbatim in `corpus.json` (`generated`), which a re-run reuses.
+- A seeded split (seed {cfg.seed}) holds out {cfg.held_out_fraction:.0%} of each part (`corpus.json`, `held_out`).
+  Tokens: `resid_post` at every real token except BOS (Gemma's BOS norm is huge).
+
+## Quality on held-out text (`quality.json`, {q['n_texts']} texts, {q['n_tokens']} tokens)
+| FVU | mean L0 | LM loss clean | SAE spliced | resid zeroed | loss recovered |
+|---|---|---|---|---|---|
+| {q['fvu']:.3f} | {q['mean_l0']:.1f} | {q['ce_clean']:.3f} | {q['ce_spliced']:.3f} | {q['ce_zero_ablated']:.3f} | {100 * q['loss_recovered']:.1f}% |
+
+Spliced / zeroed: `resid_post[{cfg.layer}]` replaced at every position except BOS (analysis/sae_quality.py).
+Small corpus: the latents describe these short sentences, not the model's full distribution.
+"""
