@@ -301,3 +301,32 @@ def test_shipped_sae_quality_reproduces(real_lm):
     assert q["fvu"] == pytest.approx(loaded.quality["fvu"], abs=0.08)
     assert q["ce_clean"] < q["ce_spliced"] < q["ce_zero_ablated"]
     real_lm.assert_clean()
+
+
+def test_train_and_save_end_to_end_on_tiny_model(tiny_lm, tmp_path):
+    from sae_lens import SAE
+
+    from analysis.sae_training import SAETrainConfig, shipped_texts, train_and_save
+
+    cfg = SAETrainConfig(layer=1, d_sae=64, k=4, steps=30, batch_size=128, n_samples=1, gen_tokens=3,
+                         eval_texts=8)
+    q = train_and_save(tiny_lm, cfg, tmp_path / "sae", progress=lambda m: None)
+    assert q["n_texts"] == 8 and q["mean_l0"] <= 4 and q["check_subset"]["n_texts"] == 8
+    loaded = load_sae(str(tmp_path / "sae"))
+    assert loaded.quality == q and loaded.layer == 1 and "Corpus" in loaded.readme
+    assert SAE.load_from_disk(str(tmp_path / "sae")).cfg.k == 4
+    corpus = json.loads((tmp_path / "sae" / "corpus.json").read_text())
+    texts, _ = shipped_texts()
+    assert len(corpus["generated"]) > 0 and set(corpus["held_out"]) <= set(texts) | set(corpus["generated"])
+    assert corpus["n_train_texts"] + len(corpus["held_out"]) == len(set(texts)) + len(corpus["generated"])
+    tiny_lm.assert_clean()
+
+
+def test_recipe_kinds_are_registered():
+    from analysis import sae_probes
+    from analysis.saes import RECIPES
+
+    assert set(RECIPES) == {"sae_concept_latents", "sae_probe_accuracy", "sae_latent_histogram",
+                            "sae_promoted_tokens"}
+    for fn in ("concept_latents_recipe", "probe_recipe", "latent_histogram_recipe", "promoted_tokens_recipe"):
+        assert callable(getattr(sae_probes, fn))
