@@ -191,6 +191,7 @@ def hf_gemma():
 
 
 # The last text (18 tokens with BOS) is also timed, warm: the lens is 18 layers x 262k vocab per token.
+MID = 8
 REAL_TEXTS = ["The capital of France is Paris, and the capital of Italy is", "Hello world",
               "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat"]
 
@@ -202,7 +203,9 @@ def test_real_lens_and_loss_match_transformers(real_lm, hf_gemma):
     for text, loss in zip(REAL_TEXTS, table["loss"]):
         enc = real_lm.tokenizer(text, return_tensors="pt")
         with torch.no_grad():
-            out = hf_gemma(**enc, labels=enc["input_ids"])
+            out = hf_gemma(**enc, labels=enc["input_ids"], output_hidden_states=True)
+            # middle-layer lens oracle: HF's own final norm (Gemma: 1 + w) and lm_head
+            mid = torch.softmax(hf_gemma.lm_head(hf_gemma.model.norm(out.hidden_states[MID + 1]))[0], -1)
         probs = torch.softmax(out.logits[0].float(), -1)
         start = time.perf_counter()
         insp = inspect_prompt(real_lm, text, top_k=5)
@@ -211,14 +214,17 @@ def test_real_lens_and_loss_match_transformers(real_lm, hf_gemma):
         want_p, want_i = probs.topk(5, dim=-1)
         ids = enc["input_ids"][0]
         obs = probs[:-1].gather(-1, ids[1:, None])[:, 0]
+        mid_obs = mid[:-1].gather(-1, ids[1:, None])[:, 0]
         diffs = [np.abs(insp.lens_top_probs[last] - want_p.numpy()).max(),
+                 np.abs(insp.observed_prob[MID] - mid_obs.numpy()).max(),
+                 np.abs(insp.lens_top_probs[MID, :, 0] - mid.max(-1).values.numpy()).max(),
                  np.abs(insp.observed_prob[last] - obs.numpy()).max(),
                  np.abs(insp.next_probs - want_p[-1].numpy()).max()]
         worst = max(worst, *map(float, diffs))
         np.testing.assert_array_equal(insp.lens_top_ids[last, :, 0], want_i[:, 0].numpy())
         assert loss == pytest.approx(float(out.loss), rel=1e-4, abs=1e-5)
         np.testing.assert_allclose(insp.attention.sum(-1), 1.0, atol=1e-4)
-    print(f"last-layer lens vs transformers: max abs prob diff {worst:.3g}; "
+    print(f"lens (layers {MID}, last) vs transformers: max abs prob diff {worst:.3g}; "
           f"inspect_prompt on {insp.n_tokens} tokens (warm): {seconds:.2f} s")
     assert worst < 1e-4
     real_lm.assert_clean()
