@@ -346,3 +346,21 @@ def test_recipes_registered():
     from analysis.recipes import registry
 
     assert {"steering_layer_search", "steering_alpha_sweep", "steering_cav_links", "steering_sae_links"} <= set(registry())
+
+
+def test_cav_links_are_cosines_with_the_cavs(tiny_lm):
+    from analysis.cavs import CavConfig, fit_cavs
+    from analysis.concepts import background_texts, load_concepts
+    from analysis.figures.steering import cav_links_figure
+    from analysis.steering_eval import compute_cav_links
+
+    vec = _vector(tiny_lm)
+    names = ("positive_sentiment", "negative_sentiment")
+    links = compute_cav_links(tiny_lm, vec, concepts=names)
+    ref = fit_cavs(tiny_lm, load_concepts(), background_texts(),
+                   CavConfig(concepts=names, method="mean_diff", n_folds=2, n_random=1))
+    for c in range(2):
+        for i, layer in enumerate(ref.layers):
+            v, w = vec.vectors[layer], ref.vectors[c, i]
+            assert links.cosine[c, i] == pytest.approx(float(v @ w / np.linalg.norm(v) / np.linalg.norm(w)), rel=1e-5)
+    assert len(cav_links_figure(links, layer=1).data[0].x) == 2
