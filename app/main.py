@@ -28,4 +28,10 @@ pages = [
     for file, title, icon in PAGES
     if (ROOT / "pages" / file).exists()
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+# Every page shows the current model and, for Gemma models, the terms notice.
+from app.widgets import gemma_notice, model_badge  # noqa: E402
+
+model_badge()
+gemma_notice()
+page.run()

@@ -8,7 +8,7 @@ from analysis.gguf_convert import converted_folder, is_converted
 from analysis.models import CATALOGUE, DEFAULT_MODEL, describe
 from app import state
 from app.widgets import (
-    gemma_notice, gemma_terms, is_gemma, model_badge, page_links, process_memory, registered_pages, switch_model,
+    gemma_terms, is_gemma, page_links, process_memory, registered_pages, switch_model,
 )
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -97,5 +97,3 @@ if len(registered_pages()) > 1:
     st.subheader("Pages")
     page_links(exclude="home.py")
 
-model_badge()
-gemma_notice()
