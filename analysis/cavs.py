@@ -325,6 +325,12 @@ def resolve_layers(lm, layers: Sequence[int] | None) -> list[int]:
     return sorted(layers)
 
 
+def _subsample(texts: Sequence[str], k: int | None, seed: int, salt: str) -> list[str]:
+    if k is None or len(texts) <= k:
+        return list(texts)
+    return [texts[i] for i in np.sort(_rng(seed, "texts", salt).choice(len(texts), k, replace=False))]
+
+
 def fit_cavs(
     lm,
     concept_sets: dict[str, ConceptSet] | Sequence[ConceptSet],
@@ -334,12 +340,19 @@ def fit_cavs(
     *,
     use_cache: bool = True,
 ) -> CavResult:
-    """Extract activations once per text set (all layers), then fit every CAV."""
+    """Extract activations once per text set (all layers), then fit every CAV.
+
+    With ``max_texts`` the texts are sampled before extraction (``max_texts`` per
+    concept, ``2 × max_texts`` background), so the cap also bounds the model's work.
+    """
     sets = concept_sets if isinstance(concept_sets, dict) else {s.name: s for s in concept_sets}
     missing = [c for c in config.concepts if c not in sets]
     if missing:
         raise ValueError(f"unknown concepts {missing}; available concepts are {sorted(sets)}")
     layers = resolve_layers(lm, config.layers)
+    texts = {name: _subsample(sets[name].texts, config.max_texts, config.seed, name) for name in config.concepts}
+    # the null needs 2×n background texts; with max_texts only that many are extracted
+    background = _subsample(background, None if config.max_texts is None else 2 * config.max_texts, config.seed, "background")
     total = len(config.concepts) + 1
 
     def stage(i: int, what: str):
@@ -347,7 +360,7 @@ def fit_cavs(
 
     negatives = stacked_activations(lm, background, layers, config.pooling, use_cache=use_cache, progress=stage(0, "background"))
     positives = {
-        name: stacked_activations(lm, sets[name].texts, layers, config.pooling, use_cache=use_cache, progress=stage(i + 1, name))
+        name: stacked_activations(lm, texts[name], layers, config.pooling, use_cache=use_cache, progress=stage(i + 1, name))
         for i, name in enumerate(config.concepts)
     }
     fit_progress = (lambda f, msg: progress(0.5 + 0.5 * f, msg)) if progress else None

@@ -174,6 +174,11 @@ def test_fit_cavs_one_extraction_per_text_set(tiny_lm, monkeypatch):
     np.testing.assert_allclose(r.accuracy, direct.accuracy)
     np.testing.assert_allclose(r.vectors, direct.vectors, atol=1e-6)
     tiny_lm.assert_clean()
+    # max_texts caps the texts before extraction: 6 per concept, 2×6 background for the null
+    calls.clear()
+    capped = fit_cavs(tiny_lm, [_tiny_set("tasty", TINY_POS)], TINY_BG, CavConfig(("tasty",), method="mean_diff",
+                      n_random=2, n_folds=3, max_texts=6))
+    assert calls == [(12, all_hooks), (6, all_hooks)] and capped.n_texts.tolist() == [6]
     with pytest.raises(ValueError, match="out of range"):
         fit_cavs(tiny_lm, [_tiny_set("tasty", TINY_POS)], TINY_BG, CavConfig(("tasty",), layers=(5,)))
     with pytest.raises(ValueError, match="unknown concepts"):
@@ -228,3 +233,48 @@ def test_umap_shape_and_seed_determinism():
     assert small.shape == (6, 2)
     with pytest.raises(ValueError, match="valid methods"):
         project(x, "tsne")
+
+
+@pytest.mark.real_model
+def test_sentiment_cavs_on_real_model(real_lm):
+    """Issue criterion + METHODS §1 on Gemma-3-270M, from one extraction of 200 texts."""
+    from threadpoolctl import threadpool_limits
+
+    from analysis.activations import extract, resid_hooks
+    from analysis.concepts import background_texts, load_concepts
+
+    sets = load_concepts()
+    rng = np.random.default_rng(0)
+    pick = lambda texts, k: [texts[i] for i in rng.choice(len(texts), k, replace=False)]  # noqa: E731
+    pos, neg = pick(sets["positive_sentiment"].texts, 60), pick(sets["negative_sentiment"].texts, 60)
+    bg = pick(background_texts(), 80)
+    hooks = resid_hooks(real_lm)
+    acts = extract(real_lm, pos + neg + bg, hooks, pooling="last").layer_stack(hooks)  # (18, 200, 640)
+    real_lm.assert_clean()
+    assert acts.shape == (18, 200, 640)
+
+    # Issue criterion: a CAV trained on positive vs negative texts separates HELD-OUT sentences.
+    y = np.r_[np.ones(60, int), np.zeros(60, int)]
+    train = np.r_[np.arange(40), 60 + np.arange(40)]
+    test = np.setdiff1d(np.arange(120), train)
+    held_out = []
+    with threadpool_limits(1):
+        for layer in range(18):
+            x = acts[layer, :120]
+            w, b = cavs.fit_logistic(x[train], y[train])
+            held_out.append(float(np.mean(((x[test] @ w + b) > 0) == y[test])))
+    print("held-out pos-vs-neg accuracy by layer:", [round(a, 3) for a in held_out])
+    assert max(held_out) >= 0.9
+    assert min(held_out) > 0.5  # sentiment is linearly readable at every layer, if weakly early on
+
+    # METHODS §1: each sentiment vs background (40 texts each), TCAV null from random background splits.
+    config = CavConfig(("positive_sentiment", "negative_sentiment"), method="logistic", n_folds=4, n_random=4)
+    layers = [0, 3, 6, 9, 12, 15, 17]
+    r = fit_cavs_arrays({"positive_sentiment": acts[layers, :40], "negative_sentiment": acts[layers, 60:100]},
+                        acts[layers, 120:], config, layers)
+    for ci, name in enumerate(r.concepts):
+        print(f"{name} vs background by layer:", dict(zip(layers, r.accuracy[ci].round(3).tolist())),
+              "random max:", r.random_max[ci].round(3).tolist())
+        li = int(np.argmax(r.accuracy[ci]))
+        assert r.accuracy[ci, li] >= 0.9 and r.significant[ci, li]
+        assert r.random_mean[ci].max() < 0.7  # background halves are not separable
