@@ -7,14 +7,18 @@ sentence keeps its full value.
 
 * Concept latents: diff_i = mean_pos(code_i) − mean_neg(code_i), positives the
   concept's texts, negatives the background set (METHODS §1-2).
-* Sparse probe: L2 logistic regression on the top-k latents by |diff|, with
-  stratified k-fold accuracy for k in 1..32. The latents are ranked on each
+* Sparse probe: L2 logistic regression (class-balanced) on the top-k latents
+  by |diff|, scored by stratified k-fold *balanced* accuracy (chance = 0.5
+  whatever the class sizes: the background set is larger than a concept's)
+  for k in 1..32. The latents are ranked on each
   training fold only, so the held-out fold never leaks into the choice.
 * Latent card: the corpus texts where the latent peaks (with the token), the
   histogram of its non-zero per-token values, and the tokens its decoder row
   promotes: ``W_dec[i] @ W_U`` (no final norm: Gemma's RMSNorm rescales per
   token, the weight alone is not the map; this is the usual "logit lens on
-  the decoder" and the ranking changes little).
+  the decoder" and the ranking changes little). At middle layers this
+  direct effect is often noise (the shipped layer-6 SAE's "food" latent
+  promotes unrelated tokens); the top texts are the better description.
 """
 
 from __future__ import annotations
@@ -119,13 +123,15 @@ class ProbeCurve:
     latents: np.ndarray  # top max(ks) latents by |diff| on all texts (display only)
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"k": self.ks, "accuracy": self.accuracy, "accuracy_std": self.accuracy_std})
+        return pd.DataFrame({"k": self.ks, "balanced_accuracy": self.accuracy,
+                             "balanced_accuracy_std": self.accuracy_std})
 
 
 def compute_sparse_probe(pos: np.ndarray, neg: np.ndarray, ks=PROBE_KS, folds: int = 5, seed: int = 0,
                          concept: str = "concept", C: float = 1.0) -> ProbeCurve:
-    """Cross-validated accuracy of logistic regression on the top-k latents, per k."""
+    """Cross-validated balanced accuracy of logistic regression on the top-k latents, per k."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -142,11 +148,12 @@ def compute_sparse_probe(pos: np.ndarray, neg: np.ndarray, ks=PROBE_KS, folds: i
         order = np.argsort(-diff, kind="stable")
         for j, k in enumerate(ks):
             cols = order[:k]
-            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+            clf = make_pipeline(StandardScaler(),
+                                LogisticRegression(C=C, max_iter=1000, class_weight="balanced"))
             clf.fit(X[tr][:, cols], y[tr])
-            acc[j, f] = clf.score(X[te][:, cols], y[te])
+            acc[j, f] = balanced_accuracy_score(y[te], clf.predict(X[te][:, cols]))
     full = np.abs(X[y == 1].mean(0) - X[y == 0].mean(0))
-    return ProbeCurve(concept, ks, acc.mean(1), acc.std(1), max(y.mean(), 1 - y.mean()), folds,
+    return ProbeCurve(concept, ks, acc.mean(1), acc.std(1), 0.5, folds,
                       np.argsort(-full, kind="stable")[: ks.max()])
 
 

@@ -146,3 +146,5 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         frame = pd.DataFrame({"token": card.promoted_tokens, "logit": np.asarray(card.promoted_logits)})
         render_figure(promoted_tokens_figure(card), data=frame, recipe=card_recipe("sae_promoted_tokens"),
                       key=f"{key}-promoted", filename=f"sae-latent-{latent}-tokens")
+        st.caption("Direct effect of the decoder row on the logits (W_dec[i] @ W_U, final norm skipped); "
+                   "for middle-layer latents it is often noisy: read the top texts first.")

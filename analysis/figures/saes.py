@@ -26,19 +26,19 @@ def concept_latents_figure(data, top: int = 20) -> go.Figure:
 
 
 def probe_accuracy_figure(curve) -> go.Figure:
-    """Cross-validated accuracy of the sparse probe against the number of latents k."""
+    """Cross-validated balanced accuracy of the sparse probe against the number of latents k."""
     fig = go.Figure(go.Scatter(
         x=curve.ks, y=curve.accuracy, mode="lines+markers", name="probe",
         error_y=dict(type="data", array=curve.accuracy_std, visible=True),
         hovertemplate="k=%{x}<br>accuracy %{y:.3f}<extra></extra>",
     ))
     fig.add_hline(y=curve.chance, line_dash="dash", line_color="#888888",
-                  annotation_text="majority class", annotation_position="bottom right")
+                  annotation_text="chance", annotation_position="bottom right")
     fig.update_layout(
         title=f"Sparse probe on SAE latents: '{curve.concept}' vs background ({curve.folds}-fold CV)",
         xaxis=dict(title="k (top latents by |mean difference|, ranked per training fold)", type="log",
                    tickvals=list(curve.ks), ticktext=[str(k) for k in curve.ks]),
-        yaxis=dict(title="held-out accuracy", range=[min(0.4, float(curve.accuracy.min()) - 0.05), 1.02]),
+        yaxis=dict(title="held-out balanced accuracy", range=[min(0.4, float(curve.accuracy.min()) - 0.05), 1.02]),
         showlegend=False,
     )
     return apply_theme(fig)
