@@ -173,6 +173,9 @@ def response_stats(
         raise ValueError("give a LoadedModel, or both logits_fn and tokenizer")
     enc = encode(tokenizer, prompts, responses)
     n = len(enc.ids)
+    longest = max(len(s) for s in enc.ids)
+    if lm is not None and longest > lm.n_ctx:
+        raise ValueError(f"a prompt+response is {longest} tokens, more than the model's context of {lm.n_ctx}; shorten it")
     order = np.argsort([len(s) for s in enc.ids], kind="stable")
     token_logps: list = [None] * n
     mass, ent = np.zeros(n), np.zeros(n)

@@ -298,3 +298,12 @@ def test_ches_command_writes_scores_and_filtered_set(real_lm, tmp_path):
     kept = parse_preferences("k.jsonl", (tmp_path / "conversational_example.ches_p50.jsonl").read_bytes())
     assert kept.layout == "conversational" and len(kept) == 3
     assert main(["ches", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
+
+
+def test_too_long_and_empty_responses_are_refused(tiny_lm):
+    with pytest.raises(ValueError, match="context"):
+        response_stats(tiny_lm, ["the " * 70], [" cat"])
+    with pytest.raises(ValueError, match="no tokens"):
+        response_stats(tiny_lm, ["the"], [""])
+    with pytest.raises(ValueError, match="top_k"):
+        LikelihoodConfig(top_k=0)
