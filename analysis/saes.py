@@ -21,7 +21,7 @@ import re
 import socket
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,6 @@ class LoadedSAE:
     model_name: str | None = None
     quality: dict | None = None
     readme: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def d_sae(self) -> int:
@@ -121,22 +120,26 @@ def validate_cfg(data: bytes) -> dict:
     return cfg
 
 
-def safetensors_header(data: bytes) -> dict[str, dict]:
-    """The tensor table of a safetensors file, checked against its length (no pickle, ever)."""
+def safetensors_header(data: bytes, total_len: int | None = None) -> dict[str, dict]:
+    """The tensor table of a safetensors file, checked against its length (no pickle, ever).
+
+    ``data`` is the file, or only its start (8 + header bytes) with ``total_len`` its size.
+    """
+    total = len(data) if total_len is None else total_len
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise SAELoadError(f"{WEIGHTS_FILE} looks like a pickle / torch.save file; only safetensors is accepted "
                            "(save with sae-lens `save_model` or safetensors.torch.save_file)")
     if len(data) < 8:
         raise SAELoadError(f"{WEIGHTS_FILE} is {len(data)} bytes: too short to be a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or n > 100_000_000:
+    if n > min(len(data), total) - 8 or n > 100_000_000:
         raise SAELoadError(f"{WEIGHTS_FILE}: header length {n} does not fit the file; not a safetensors file")
     try:
         header = json.loads(data[8: 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SAELoadError(f"{WEIGHTS_FILE}: unreadable safetensors header ({err})") from err
     header.pop("__metadata__", None)
-    body = len(data) - 8 - n
+    body = total - 8 - n
     for name, info in header.items():
         try:
             start, end = info["data_offsets"]
@@ -202,7 +205,12 @@ def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedSAE
         if not p.is_file():
             raise SAELoadError(f"{folder} has no {p.name}; a sae-lens folder holds {CFG_FILE} and {WEIGHTS_FILE}")
     cfg = validate_cfg(cfg_path.read_bytes())
-    check_shapes(cfg, safetensors_header(w_path.read_bytes()))
+    size = w_path.stat().st_size
+    with w_path.open("rb") as f:  # only the header: local SAEs can be gigabytes
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        head += f.read(n) if n <= min(100_000_000, size - 8) else b""
+    check_shapes(cfg, safetensors_header(head, size))
     try:
         sae = SAE.load_from_disk(str(folder), device=device)
     except Exception as err:  # noqa: BLE001 - any sae-lens failure becomes one clear message

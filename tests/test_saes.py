@@ -330,3 +330,14 @@ def test_recipe_kinds_are_registered():
                             "sae_promoted_tokens"}
     for fn in ("concept_latents_recipe", "probe_recipe", "latent_histogram_recipe", "promoted_tokens_recipe"):
         assert callable(getattr(sae_probes, fn))
+
+
+def test_truncated_weights_in_a_folder_are_rejected(tmp_path):
+    st = _hand_state()
+    _, w = _save(build_sae(st, 2, "blocks.0.hook_resid_post", "tiny"), tmp_path / "s")
+    (tmp_path / "s" / "sae_weights.safetensors").write_bytes(w[:-8])
+    with pytest.raises(SAELoadError, match="outside the file"):
+        load_sae(str(tmp_path / "s"))
+    (tmp_path / "s" / "sae_weights.safetensors").write_bytes(pickle.dumps(st))
+    with pytest.raises(SAELoadError, match="pickle"):
+        load_sae(str(tmp_path / "s"))
