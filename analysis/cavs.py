@@ -44,10 +44,15 @@ Fitter = Callable[..., tuple[np.ndarray, float]]
 # ---------------------------------------------------------------- fitters
 
 def fit_logistic(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
-    """L2 logistic regression (sklearn, lbfgs): ``(weights (d,), intercept)``."""
+    """L2 logistic regression (sklearn): ``(weights (d,), intercept)``.
+
+    Solver ``newton-cg``: residual streams have norms in the thousands, where
+    lbfgs needs hundreds of iterations; newton-cg reaches the same optimum
+    (same objective, tol 1e-4) 5-15× faster on Gemma-3-270M activations.
+    """
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(x, y)
+    clf = LogisticRegression(C=C, solver="newton-cg", max_iter=1000, random_state=seed).fit(x, y)
     return clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
 
 

@@ -44,7 +44,7 @@ def test_logistic_cv_accuracy_equals_sklearn_cross_val_score():
     x, y, _ = _planted(seed=1, n=60, d=20, shift=1.2)
     ours, _ = cv_accuracy(x, y, "logistic", n_folds=5, C=0.5, seed=3)
     folds = StratifiedKFold(5, shuffle=True, random_state=3)
-    ref = cross_val_score(LogisticRegression(C=0.5, max_iter=2000), x, y, cv=folds).mean()
+    ref = cross_val_score(LogisticRegression(C=0.5, solver="newton-cg", max_iter=1000), x, y, cv=folds).mean()
     assert ours == pytest.approx(ref, abs=1e-12)
     assert 0.6 < ours < 1.0  # a non-trivial case, not a saturated one
 
