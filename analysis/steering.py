@@ -14,6 +14,10 @@ Footguns:
 - The "paper" score is not a divergence: the authors pass probabilities
   where ``kl_div`` expects log-probabilities. It is offered because it is
   what the paper's layer choice used; "exact" is the true JS divergence.
+- On Gemma-3 a few residual dimensions are huge, so softmax over the hidden
+  dimension is one-hot on the same dimension for both texts from layer 1 on:
+  both scores are flat there (JS = 0, paper = −1) and the search picks layer
+  0. :attr:`LayerSearch.degenerate` flags this; choose the layer by hand then.
 - ``apply`` holds ``lm.lock`` for the whole block: keep the block short.
 """
 
@@ -161,6 +165,14 @@ class LayerSearch:
     @property
     def best(self) -> int:
         return int(self.layers[int(np.argmax(self.scores))])
+
+    @property
+    def degenerate(self) -> bool:
+        """True when most candidate layers tie (the softmax saturated): the search says little."""
+        if len(self.scores) < 3:
+            return False
+        _, counts = np.unique(np.round(self.scores, 9), return_counts=True)
+        return bool(counts.max() > len(self.scores) / 2)
 
 
 def layer_search(acts: PairActivations, score: str = "paper", layers: Sequence[int] | None = None) -> LayerSearch:

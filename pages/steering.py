@@ -90,6 +90,10 @@ def main() -> None:
     render_figure(layer_search_figure(search), data=pd.DataFrame({"layer": search.layers, "score": search.scores}),
                   recipe=make_recipe("steering_layer_search", lm.name, recipe_cfg) if key[0] == "shipped" else None,
                   key="steer_search", filename="steering_layer_search")
+    if search.degenerate:
+        st.warning("Most layers tie in the layer search: softmax over the hidden dimension saturates on this "
+                   "model's few huge residual dimensions, so the score cannot tell those layers apart. "
+                   "Pick the layer by hand and compare with the α sweep.")
     st.download_button("Download vector (.safetensors)", data=lambda: _vector_bytes(vec),
                        file_name=f"steering_{pair_set.name}.safetensors", on_click="ignore", key="steer_dl")
 
