@@ -30,13 +30,21 @@ def accuracy_figure(result, *, title: str | None = None) -> go.Figure:
     """
     fig = go.Figure()
     layers = list(result.layers)
+    # Concepts of equal size share one null: then a single grey band, else one tinted band each.
+    shared = all(np.array_equal(result.random_accuracy[0], r) for r in result.random_accuracy[1:])
     for ci, name in enumerate(result.concepts):
         colour = QUALITATIVE[ci % len(QUALITATIVE)]
+        if shared and ci > 0:
+            continue
         lo, hi = result.random_min[ci], result.random_max[ci]
         fig.add_trace(go.Scatter(
-            x=layers + layers[::-1], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=_rgba(colour, 0.15),
-            line=dict(width=0), hoverinfo="skip", legendgroup=name, showlegend=False, name=f"{name} random band",
+            x=layers + layers[::-1], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines",
+            fillcolor=_rgba(BACKGROUND_GREY if shared else colour, 0.25 if shared else 0.15),
+            line=dict(width=0), hoverinfo="skip", legendgroup="random" if shared else name, showlegend=shared,
+            name="random-split band" if shared else f"{name} random band",
         ))
+    for ci, name in enumerate(result.concepts):
+        colour = QUALITATIVE[ci % len(QUALITATIVE)]
         sig = result.significant[ci]
         fig.add_trace(go.Scatter(
             x=layers, y=result.accuracy[ci], mode="lines+markers", name=name, legendgroup=name,
