@@ -259,16 +259,23 @@ def test_figures_build(tiny_lm):
 
 # ---------------------------------------------------------------- the shipped SAE on the real model
 
-def test_shipped_sae_loads_with_sae_lens():
+def test_default_sae_is_shipped():
+    loaded = load_sae(SHIPPED)
+    assert loaded.hook_name == "blocks.6.hook_resid_post" and loaded.layer == 6
+    assert loaded.d_in == 640 and loaded.d_sae == 2048
+
+
+@pytest.mark.parametrize("name", sorted(shipped_saes()))
+def test_shipped_sae_loads_with_sae_lens(name):
     from sae_lens import SAE
 
     from analysis.saes import SAES_DIR
 
-    sae = SAE.load_from_disk(str(SAES_DIR / SHIPPED))
-    loaded = load_sae(SHIPPED)
-    assert loaded.hook_name == "blocks.6.hook_resid_post" and loaded.layer == 6
-    assert loaded.d_in == 640 and loaded.d_sae == 2048
+    sae = SAE.load_from_disk(str(SAES_DIR / name))
+    loaded = load_sae(name)
+    assert loaded.hook_name == f"blocks.{loaded.layer}.hook_resid_post" and loaded.model_name
     assert torch.equal(sae.W_enc, loaded.sae.W_enc)
+    assert (SAES_DIR / name / "sae_weights.safetensors").stat().st_size < 15e6
     q = loaded.quality
     assert q["fvu"] < 0.2
     assert q["ce_spliced"] - q["ce_clean"] < 0.5 * (q["ce_zero_ablated"] - q["ce_clean"])
@@ -283,16 +290,17 @@ def test_sae_info_command(capsys):
 
 
 @pytest.mark.real_model
-def test_shipped_sae_quality_reproduces(real_lm):
+@pytest.mark.parametrize("name", sorted(shipped_saes()))
+def test_shipped_sae_quality_reproduces(real_lm, name):
     from analysis.sae_quality import measure_quality
     from analysis.saes import SAES_DIR
     from analysis.sae_training import CHECK_TEXTS, Corpus
 
-    loaded = load_sae(SHIPPED)
-    corpus_json = json.loads((SAES_DIR / SHIPPED / "corpus.json").read_text())
+    loaded = load_sae(name)
+    corpus_json = json.loads((SAES_DIR / name / "corpus.json").read_text())
     corpus = Corpus((), tuple(corpus_json["held_out"]), (), (), {})
     texts = corpus.quality_texts(loaded.quality["n_texts"])[:CHECK_TEXTS]
-    q = measure_quality(real_lm, loaded.sae, texts, 6)
+    q = measure_quality(real_lm, loaded.sae, texts, loaded.layer)
     print({k: q[k] for k in ("fvu", "mean_l0", "ce_clean", "ce_spliced", "ce_zero_ablated")})
     want = loaded.quality["check_subset"]
     for key in ("fvu", "mean_l0", "ce_clean", "ce_spliced", "ce_zero_ablated"):
