@@ -307,3 +307,12 @@ def test_too_long_and_empty_responses_are_refused(tiny_lm):
         response_stats(tiny_lm, ["the"], [""])
     with pytest.raises(ValueError, match="top_k"):
         LikelihoodConfig(top_k=0)
+
+
+@pytest.mark.parametrize("kind", ["ches_histogram", "ches_vs_similarity", "dpo_curves", "dpo_indicators"])
+def test_recipes_rebuild_figures(tiny_lm, kind):
+    from analysis.recipes import make_recipe, run_recipe
+
+    config = {"source": "conversational_example", "steps": 1, "lr": 1e-3, "watch_tokens": [" yes"]}
+    fig, frame = run_recipe(make_recipe(kind, "tiny", config), lm=tiny_lm)
+    assert len(fig.data) >= 1 and len(frame) == (6 if kind.startswith("ches") else 2)
