@@ -65,12 +65,27 @@ def first_token_ids(tokenizer, words) -> np.ndarray:
 
 @torch.inference_mode()
 def next_token_logprobs(lm, prompts: list[str], token_ids: np.ndarray) -> Float[np.ndarray, "n k"]:
-    """log-softmax of the next-token logits after each prompt, at ``token_ids``: one batched pass."""
+    """log-softmax of the next-token logits after each prompt, at ``token_ids``: one batched pass.
+
+    A hook on ``ln_final.hook_normalized`` keeps only each prompt's last real position, so the
+    unembedding (262k wide for Gemma) runs once per prompt instead of once per token.
+    """
     ids, mask = lm.tokenize(prompts)
-    with lm.locked() as model:
-        logits = model(ids, attention_mask=mask)
-    last = logits[torch.arange(ids.shape[0]), mask.sum(1) - 1].to(torch.float32)
-    return torch.log_softmax(last, -1)[:, torch.as_tensor(token_ids)].cpu().numpy().astype(np.float64)
+    last = mask.sum(1) - 1
+    rows = torch.arange(ids.shape[0])
+
+    def keep_last(h, hook):
+        return h[rows, last][:, None, :]
+
+    name = "ln_final.hook_normalized"
+    if name in lm.model.hook_dict:
+        with lm.hooked([(name, keep_last)]) as model:
+            logits = model(ids, attention_mask=mask)[:, -1]
+    else:
+        with lm.locked() as model:
+            logits = model(ids, attention_mask=mask)[rows, last]
+    logp = torch.log_softmax(logits.to(torch.float32), -1)
+    return logp[:, torch.as_tensor(token_ids)].cpu().numpy().astype(np.float64)
 
 
 def aggregate_words(logp: Float[np.ndarray, "n k"], how: str) -> Float[np.ndarray, " n"]:

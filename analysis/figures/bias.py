@@ -51,14 +51,9 @@ def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
 def summary_figure(result, *, title: str | None = None) -> go.Figure:
     """Summary Bias per target with bootstrap CI bars; grey boxes: the permutation null band."""
     x = [_pretty(t) for t in result.targets]
-    fig = go.Figure()
-    for i, name in enumerate(x):
-        if np.isfinite(result.perm_low[i]):
-            fig.add_shape(type="rect", x0=i - 0.42, x1=i + 0.42, y0=result.perm_low[i], y1=result.perm_high[i],
-                          fillcolor=BAND_GREY, line=dict(width=0), layer="below")
-    fig.add_trace(go.Scatter(  # legend entry for the band shapes
-        x=[None], y=[None], mode="markers", name="permutation null band",
-        marker=dict(symbol="square", size=14, color=BAND_GREY),
+    fig = go.Figure(go.Bar(  # a floating bar per target: the null band from perm_low to perm_high
+        x=x, y=result.perm_high - result.perm_low, base=result.perm_low, name="permutation null band",
+        marker_color=BAND_GREY, width=0.8, hoverinfo="skip",
     ))
     summary = np.asarray(result.summary, float)
     fig.add_trace(go.Bar(
@@ -74,14 +69,14 @@ def summary_figure(result, *, title: str | None = None) -> go.Figure:
     note = f" (no qualifying layer: {', '.join(missing)})" if missing else ""
     fig.update_layout(
         title=title or f"Summary Bias ({_refs_label(result)}){note}",
-        xaxis_title="target", yaxis_title=f"Bias (+: leans to {_pretty(result.refs[0])})", bargap=0.3,
+        xaxis_title="target", yaxis_title=f"Bias (+: leans to {_pretty(result.refs[0])})", barmode="overlay",
         legend=dict(orientation="h", y=-0.3),
     )
     fig.add_hline(y=0, line=dict(color="#888888", width=1))
     return apply_theme(fig)
 
 
-def shared_latents_figure(shared, *, max_rows: int = 40, title: str | None = None) -> go.Figure:
+def shared_latents_figure(shared, *, max_rows: int = 60, title: str | None = None) -> go.Figure:
     """A table of each concept's top SAE latents, with the references each target shares them with."""
     if shared is None:
         fig = go.Figure()
@@ -89,16 +84,26 @@ def shared_latents_figure(shared, *, max_rows: int = 40, title: str | None = Non
                            x=0.5, y=0.5, xref="paper", yref="paper")
         fig.update_layout(title=title or "Shared SAE latents", xaxis_visible=False, yaxis_visible=False)
         return apply_theme(fig)
-    frame = shared.to_frame()
-    frame = frame[frame["rank"] < max_rows // max(1, frame["concept"].nunique()) + 1]
-    overlap = "; ".join(f"{_pretty(t)} ∩ {_pretty(r)}: {len(ids)}" for (t, r), ids in shared.overlap.items())
+    refs = list(dict.fromkeys(r for (_, r) in shared.overlap))
+    concepts = list(shared.latents)
+    per = max(1, max_rows // max(1, len(concepts)))
+
+    def top(c):
+        return ", ".join(f"{int(i)} ({v:+.2f})" for i, v in zip(shared.latents[c][:per], shared.values[c][:per]))
+
+    def common(c, r):
+        ids = shared.overlap.get((c, r))
+        return "" if ids is None else f"{len(ids)}: " + ", ".join(map(str, ids[:per]))
+
     fig = go.Figure(go.Table(
-        header=dict(values=["concept", "rank", "latent", "value", "shared with"], fill_color="#EEEEEE", align="left"),
-        cells=dict(values=[frame["concept"].map(_pretty), frame["rank"], frame["latent"],
-                           frame["value"].map(lambda v: f"{v:.3f}"), frame["shared_with"].map(_pretty)], align="left"),
+        columnwidth=[2, 6] + [3] * len(refs),
+        header=dict(values=["concept", f"top latents (value), first {per}"] + [f"shared with {_pretty(r)}" for r in refs],
+                    fill_color="#EEEEEE", align="left"),
+        cells=dict(values=[[_pretty(c) for c in concepts], [top(c) for c in concepts]]
+                   + [[common(c, r) for c in concepts] for r in refs], align="left"),
     ))
-    fig.update_layout(title=title or f"SAE latents carrying each concept (layer {shared.layer}); overlaps — {overlap}",
-                      title_font_size=13, margin=dict(l=20, r=20, t=70, b=20))
+    fig.update_layout(title=title or f"SAE latents carrying each concept (layer {shared.layer}) and target ∩ reference overlap",
+                      title_font_size=14, margin=dict(l=20, r=20, t=60, b=20))
     return apply_theme(fig)
 
 
