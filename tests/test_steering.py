@@ -309,7 +309,6 @@ def test_real_hf_twin_and_bridge_paths_agree_when_steered(real_lm, sentiment):
 
     _, vec, _ = sentiment
     twin = hf_twin(real_lm)
-    own_hooks = [dict(layer._forward_hooks) for layer in twin.model.layers]  # transformers installs its own
     shared = {p.data_ptr() for p in real_lm.model.original_model.parameters()}
     assert all(p.data_ptr() in shared for p in twin.parameters())  # no copy of the weights
     cfg = dict(max_new_tokens=12, stop_at_eos=False)
@@ -320,7 +319,9 @@ def test_real_hf_twin_and_bridge_paths_agree_when_steered(real_lm, sentiment):
         print(alpha, repr(hf.text))
         assert hf.new_tokens == br.new_tokens
     real_lm.assert_clean()
-    assert [dict(layer._forward_hooks) for layer in twin.model.layers] == own_hooks
+    # transformers adds its own output-capturing hooks on first use; none of ours may remain
+    left = [h for layer in twin.model.layers for h in layer._forward_hooks.values()]
+    assert not [h for h in left if "_torch_add" in getattr(h, "__qualname__", "")]
 
 
 @pytest.mark.real_model
