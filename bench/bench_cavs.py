@@ -29,7 +29,8 @@ def run(report: dict) -> dict:
     background = background_texts()
     config = CavConfig(concepts=CONCEPTS, max_texts=100, n_folds=5, n_random=10, method="logistic")
     report.update(concepts=list(CONCEPTS), layers=lm.n_layers, texts_per_concept=100,
-                  background_texts=len(background), n_random=config.n_random, n_folds=config.n_folds)
+                  background_texts=len(background), background_extracted=min(len(background), 2 * 100),
+                  n_random=config.n_random, n_folds=config.n_folds)
     old = os.environ.get("REPSCOPE_CACHE")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["REPSCOPE_CACHE"] = cache
