@@ -308,7 +308,8 @@ def test_figures_build_from_a_result(tiny_lm):
     heat = heatmap_figure(r)
     assert heat.data[0].zmid == 0 and np.allclose(heat.data[0].z, r.bias, equal_nan=True)
     bars = summary_figure(r)
-    assert bars.data[1].y[0] == pytest.approx(r.summary[0]) and len(bars.layout.shapes) >= 1
+    assert bars.data[1].y[0] == pytest.approx(r.summary[0], nan_ok=True)
+    assert bars.data[0].base[0] == pytest.approx(r.perm_low[0], nan_ok=True)
     assert shared_latents_figure(None).layout.annotations
     data = behaviour_data([("p", "a", ("x", "y"), 0.1, 0.0, 0.2, 1.0, 0.1), ("p", "b", ("x", "y"), 0.3, 0.2, 0.4, 2.0, 0.1),
                            ("q", "c", ("x", "y"), -0.2, -0.3, 0.0, -1.0, 0.1)])
@@ -336,3 +337,91 @@ def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
     assert (tmp_path / "bias_layers.csv").read_text().startswith("target,layer,bias")
     assert cli.main(["bias", "--targets", "food_aspect", "--refs", "positive_sentiment", "--out", str(tmp_path)]) == 2
     assert cli.main(["bias", "--preset", "nope", "--out", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------- real model
+
+@pytest.mark.real_model
+def test_every_preset_end_to_end_on_the_real_model(real_lm):
+    """Cheap settings (12 texts per concept, 40 background texts, 50 resamples); prints the numbers."""
+    from analysis.bias import compute_bias, summary_frame
+    from analysis.bias_behaviour import BehaviourConfig, compute_behaviour
+
+    quick = dict(n_bootstrap=50, n_permutations=50, max_texts=12, max_background=40)
+    results = {}
+    for name in load_presets():
+        r = compute_bias(real_lm, preset_config(name, **quick))
+        results[name] = r
+        print(f"\n{name}\n{summary_frame(r).drop(columns=['ref1', 'ref2']).to_string(index=False)}")
+        assert np.isfinite(r.bias).all() and np.isfinite(r.accuracy).all()
+        for i, t in enumerate(r.targets):
+            if t in r.messages:
+                assert np.isnan(r.summary[i])
+                continue
+            assert np.isfinite([r.summary[i], r.ci_low[i], r.ci_high[i], r.perm_low[i], r.perm_high[i]]).all()
+            assert r.ci_low[i] <= r.summary[i] <= r.ci_high[i]
+        assert len(r.messages) < len(r.targets), r.messages
+    real_lm.assert_clean()
+    data = compute_behaviour(real_lm, BehaviourConfig(bias=tuple(sorted(quick.items()))), results=results)
+    print(data.to_frame().to_string(index=False))
+    print(f"Spearman r (conceptual vs behavioural, {len(data.targets)} triples): {data.rho:.3f}")
+    assert np.isfinite(data.behavioural).all() and len(data.targets) == 11
+
+
+@pytest.mark.real_model
+def test_bias_page_computes_and_rerenders_from_the_cache(real_lm):
+    import time
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(__file__).resolve().parent.parent / "pages" / "bias.py"
+    at = AppTest.from_file(str(page), default_timeout=900).run()
+    assert not at.exception
+    at.selectbox(key="bias_preset").set_value("insurance_sentiment")
+    at.number_input(key="bias_cap").set_value(12)
+    at.number_input(key="bias_boot").set_value(50)
+    at.number_input(key="bias_perm").set_value(50)
+    at.run()
+    at.button(key="bias_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.tabs) == 4
+    start = time.perf_counter()
+    at.checkbox(key="bias_show_table").check().run()  # a display option: served from st.cache_data
+    warm = time.perf_counter() - start
+    print(f"bias page warm re-render: {warm:.2f}s")
+    assert not at.exception and at.dataframe
+    assert warm < 5.0  # < 1 s on an idle machine; CI boxes are loaded
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("representation", ["sae-diff", "sae-proj"])
+def test_sae_representations_on_the_real_model(real_lm, representation):
+    from analysis.bias import compute_bias, sae_view, summary_frame
+
+    sae = sae_view(real_lm)
+    if sae is None:
+        pytest.skip("no SAE shipped for the default model")
+    cfg = preset_config("insurance_sentiment", representation=representation, n_bootstrap=50, n_permutations=50,
+                        max_texts=12, max_background=40, layer_rule="layer", layer=sae.layer)
+    r = compute_bias(real_lm, cfg)
+    print(f"\n{representation} at layer {sae.layer}\n{summary_frame(r).to_string(index=False)}")
+    li = r.layers.index(sae.layer)
+    assert np.isfinite(r.bias[:, li]).all() and np.isnan(np.delete(r.bias, li, axis=1)).all()
+    assert np.isfinite(r.summary).all() and (r.ci_low <= r.summary).all() and (r.summary <= r.ci_high).all()
+    assert r.shared is not None and all(len(ids) <= cfg.top_k for ids in r.shared.latents.values())
+
+
+@pytest.mark.real_model
+def test_last_position_hook_matches_full_logits_on_the_real_model(real_lm):
+    from analysis.bias_behaviour import next_token_logprobs
+
+    prompts = ["The food was", "I thought the insured patient was really", "Honestly, the menu is"]
+    ids = np.array([1535, 818, 2780, 100, 5000])
+    got = next_token_logprobs(real_lm, prompts, ids)
+    for i, prompt in enumerate(prompts):
+        x, _ = real_lm.tokenize([prompt])
+        with torch.inference_mode(), real_lm.locked() as model:
+            ref = torch.log_softmax(model(x)[0, -1].float(), -1)[torch.as_tensor(ids)].numpy()
+        np.testing.assert_allclose(got[i], ref, atol=1e-3)
+    real_lm.assert_clean()
