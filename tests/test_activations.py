@@ -32,7 +32,7 @@ def test_batched_pooling_equals_single_text_runs(tiny_lm, pooling):
 
 def test_stop_at_layer_rule():
     assert stop_layer_for(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], 4) == 2
-    assert stop_layer_for(["blocks.3.hook_resid_post"], 4) is None
+    assert stop_layer_for(["blocks.3.hook_resid_post"], 4) == 4
     assert stop_layer_for(["ln_final.hook_normalized"], 4) is None
 
 
@@ -95,3 +95,22 @@ def test_bridge_on_tiny_gemma3_matches_transformers(tiny_bridge_lm):
                 worst = max(worst, float(np.abs(acts.text(resid_hook(l), i) - hs[l + 1][0].numpy()).max()))
     print(f"tiny Gemma-3 bridge vs transformers: max abs diff {worst:.3g}")
     assert worst < 1e-5
+
+
+def test_last_layer_without_unembedding_equals_full_run(tiny_bridge_lm):
+    """The bridge's last-layer cut (exception at ln_final) gives the full run's values
+    and leaves the model clean and unchanged."""
+    lm, _ = tiny_bridge_lm
+    texts = ["the cat is happy", "a dog"]
+    ids, mask = lm.tokenize(texts)
+    name = resid_hook(lm.n_layers - 1)
+    with torch.no_grad():
+        logits_before, cache = lm.model.run_with_cache(ids, attention_mask=mask, names_filter=[name])
+    acts = extract(lm, texts, [name], pooling="all", use_cache=False)
+    for i in range(len(texts)):
+        n = int(mask[i].sum())
+        # extract sorts texts by length, so batch layout (and float summation order) differ.
+        np.testing.assert_allclose(acts.text(name, i), cache[name][i, :n].numpy(), rtol=1e-5, atol=1e-5)
+    lm.assert_clean()
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids, attention_mask=mask), logits_before)
