@@ -20,12 +20,13 @@ Uncertainty (every draw is seeded by ``seed``):
   texts with replacement and re-fits the representation. ``bootstrap_fit``:
   ``mean_diff`` (default) re-fits the closed-form mean-difference CAV for all
   resamples in one tensor product; ``logistic`` re-fits sklearn's logistic
-  regression warm-started from the full-data fit. Measured on Gemma-3-270M
-  (2 shared CPU cores; see ``bench/bench_bias.py``): mean_diff ≈ 1 s for a
-  5-target preset × 18 layers × 200 resamples, logistic ≈ 20 ms per fit, i.e.
-  ~7 × 18 × 200 fits ≈ 45+ min. When the bootstrap fitter differs from the
-  point-estimate fitter, the CI is the resampled spread moved onto the point
-  estimate: ``point + (q − median(resamples))`` — it measures how much Bias
+  regression warm-started from the full-data fit. Measured on Gemma-3-270M, the
+  review preset (7 concepts × 18 layers, 1176 texts, 2 CPU cores under heavy shared
+  load; ``bench/bench_bias.py``): 200 mean_diff resamples plus 200 null draws take
+  15 s in all, while one warm-started logistic refit took ~6 s (lbfgs, 640 dims),
+  i.e. about two days for the 25 200 refits, hence the default. When the bootstrap
+  fitter differs from the point-estimate fitter, the CI is the resampled spread
+  moved onto the point estimate: ``point + (q − median(resamples))`` — it measures how much Bias
   moves when the texts change, not the logistic-vs-mean-diff gap (which the
   result reports as ``summary_bootstrap_fit``). With ``cav_method=mean_diff``
   the interval is the plain percentile interval.
