@@ -58,7 +58,7 @@ def accuracy_figure(result, *, title: str | None = None) -> go.Figure:
     fig.add_hline(y=0.5, line=dict(color=BACKGROUND_GREY, dash="dot", width=1))
     fig.update_layout(
         title=title or "CAV held-out accuracy by layer (shaded: random-split band; hollow: not significant)",
-        xaxis_title="layer", yaxis_title="held-out accuracy", yaxis_range=[0.3, 1.02],
+        xaxis_title="layer", xaxis_dtick=1, yaxis_title="held-out accuracy", yaxis_range=[0.3, 1.02],
     )
     return apply_theme(fig)
 

@@ -55,7 +55,13 @@ class AppServer:
 
 
 @pytest.fixture(scope="session")
-def app_server():
+def workspace(tmp_path_factory) -> Path:
+    """A throw-away concept workspace: uploads in tests never reach the user's own."""
+    return tmp_path_factory.mktemp("repscope-workspace")
+
+
+@pytest.fixture(scope="session")
+def app_server(workspace):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = ARTIFACTS / "browser" / "streamlit.log"
@@ -63,6 +69,7 @@ def app_server():
     env = dict(os.environ)
     env.setdefault("REPSCOPE_MODEL", DEFAULT_MODEL)
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env["REPSCOPE_WORKSPACE"] = str(workspace)  # always: never the user's workspace (analysis/concepts.py)
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
