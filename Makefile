@@ -30,7 +30,7 @@ app: setup
 	$(BIN)/repscope app --port $(PORT)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Unit tests only (tiny models): seconds, not minutes.
 test-fast: setup

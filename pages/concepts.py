@@ -139,7 +139,8 @@ def main() -> None:
     if how == "umap":
         st.caption("UMAP compiles its kernels on first use in a process (about a minute).")
     pconfig = ProjectionConfig(concepts=config.concepts, layer=layer, method=how, pooling=config.pooling,
-                               seed=config.seed, background=config.background)
+                               seed=config.seed, background=config.background,
+                               max_texts=min(config.max_texts or 100, 100))
     with st.spinner(f"Projecting activations at layer {layer} ..."):
         data = _project(lm, lm.name, pconfig, _sets_key(sets, (*config.concepts, config.background)))
     render_figure(projection_figure(data.coords, data.labels, method=how, layer=layer, texts=data.texts,

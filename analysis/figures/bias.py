@@ -43,7 +43,7 @@ def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
     fig.update_layout(
         title=title or f"Bias per layer: Align(target, {_pretty(result.refs[0])}) − Align(target, {_pretty(result.refs[1])})",
         xaxis_title="layer", yaxis_title="target", yaxis_autorange="reversed",
-        legend=dict(orientation="h", y=-0.25), xaxis=dict(dtick=1, showgrid=False), yaxis=dict(showgrid=False),
+        legend=dict(orientation="h", y=-0.25), xaxis=dict(dtick=1, showgrid=False, range=[min(result.layers) - 0.5, max(result.layers) + 0.5]), yaxis=dict(showgrid=False),
     )
     return apply_theme(fig)
 
