@@ -58,6 +58,9 @@ def run_steer(lm, args) -> list[Path]:
 
 
 def _steer(args) -> int:
+    from analysis.pairs import load_pair_set
+
+    load_pair_set(args.pairs)  # bad input exits before the model loads
     lm = load_from_args(args)
     for path in run_steer(lm, args):
         print(path)
