@@ -58,9 +58,13 @@ def main(argv: list[str]) -> int:
         report[name] = section
         print(f"== {name}\n{json.dumps(section, indent=2)}", flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    if not argv:  # only a full run replaces the README's figures
-        OUT.write_text(json.dumps(report, indent=2))
-        print(f"wrote {OUT}")
+    if argv and OUT.exists():  # a subset run replaces only its own sections
+        merged = json.loads(OUT.read_text())
+        merged.update({k: report[k] for k in chosen})
+        merged.setdefault("updated", {}).update({k: report["started"] for k in chosen})
+        report = merged
+    OUT.write_text(json.dumps(report, indent=2))
+    print(f"wrote {OUT}")
     return 1 if failed else 0
 
 

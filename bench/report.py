@@ -1,0 +1,63 @@
+"""Print bench/results/latest.json as the README's markdown table: ``python -m bench.report``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+LATEST = Path(__file__).resolve().parent / "results" / "latest.json"
+
+# (suite, dotted key, label); a missing key prints "n/a".
+ROWS = [
+    ("foundation", "extraction.ratio_all_layers", "Activation extraction, all 18 layers: throughput / transformers forward"),
+    ("foundation", "extraction.ratio_layer6_stop_at_layer", "Activation extraction, layer 6 only (stops early): throughput / transformers"),
+    ("foundation", "extraction.transformers_tokens_per_s", "transformers forward (output_hidden_states), tokens/s"),
+    ("foundation", "extraction.disk_cache_hit_seconds", "Activation disk-cache hit, 32 texts × 18 layers (s)"),
+    ("foundation", "backends.bridge_speedup_over_hooked", "TransformerBridge speed / HookedTransformer (hooked forward + cache)"),
+    ("foundation", "backends.bridge_max_abs_diff_vs_transformers_eager", "Bridge residuals vs transformers (eager), max abs diff"),
+    ("foundation", "backends.hooked_max_abs_diff_vs_transformers_eager", "HookedTransformer residuals vs transformers (eager), max abs diff"),
+    ("foundation", "live_inspection.warm_latency_s", "Live inspection, one ~16-token prompt, warm (s)"),
+    ("foundation", "app_cold_start.first_render_s", "App cold start to first rendered page (s)"),
+    ("foundation", "app_cold_start.model_facts_shown_s", "App cold start to model loaded and shown (s)"),
+    ("foundation", "peak_rss_mb", "Peak RSS of the foundation bench, two backends loaded (MB)"),
+    ("cavs", "cold_s", "CAVs: 3 concepts × 18 layers × 100 texts, cold (s)"),
+    ("cavs", "warm_s", "CAVs: same, warm activation cache, logistic (s)"),
+    ("cavs", "warm_mean_diff_s", "CAVs: same, warm, mean-difference (s)"),
+    ("bias", "cold_s", "Bias preset (5 targets × 2 refs × 18 layers, bootstrap 200), cold (s)"),
+    ("bias", "warm_s", "Bias preset, warm (s)"),
+    ("bias", "rerender_s", "Bias figures re-render, warm (s)"),
+    ("steering", "layer_search.seconds_vectors_and_search", "Steering: vectors + full layer search, 64 pairs (s)"),
+    ("steering", "generation.ratio_steered_hf_vs_transformers", "Steered generation tokens/s / transformers generate"),
+    ("steering", "generation.tokens_per_second.transformers", "transformers generate, tokens/s (32 new tokens)"),
+    ("likelihood", "ches.ratio_vs_transformers", "CHES time / plain transformers forward time, same pairs (lower is better)"),
+    ("likelihood", "ches.pairs_per_second", "CHES pairs/s"),
+    ("likelihood", "dpo_step_1_pair.seconds_per_step", "DPO step on a copy of the model, 1 pair (s)"),
+    ("likelihood", "dpo_step_4_pairs.seconds_per_step", "DPO step, 4 pairs (s)"),
+]
+
+
+def _get(report: dict, suite: str, dotted: str):
+    node = report.get(suite, {})
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "n/a"
+        node = node[part]
+    return node
+
+
+def table(report: dict) -> str:
+    machine = report.get("machine", {})
+    lines = [
+        f"Measured {report.get('started', '?')} on {machine.get('cpus', '?')} CPU cores "
+        f"({machine.get('platform', '?')}, torch {machine.get('torch', '?')}, GPU: {machine.get('cuda') or 'none'}).",
+        "",
+        "| what | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {_get(report, suite, key)} |" for suite, key, label in ROWS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(json.loads((Path(sys.argv[1]) if len(sys.argv) > 1 else LATEST).read_text())))
