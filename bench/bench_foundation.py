@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 import psutil
 import torch
 import yaml
+
+from bench.timing import median_time
 
 ROOT = Path(__file__).resolve().parent.parent
 REPS = 3
@@ -28,14 +29,6 @@ def _texts(n: int = 32) -> list[str]:
     return data["texts"][:n]
 
 
-def _median_time(fn, reps: int = REPS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _rss_mb() -> float:
@@ -64,11 +57,11 @@ def run(report: dict) -> None:
         with torch.inference_mode():
             hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
 
-    t_hf = _median_time(baseline)
+    t_hf = median_time(baseline, REPS)
     all_layers = resid_hooks(lm)
-    t_all = _median_time(lambda: extract(lm, texts, all_layers, batch_size=len(texts), use_cache=False))
-    t_l6 = _median_time(lambda: extract(lm, texts, resid_hooks(lm, [6]), batch_size=len(texts), use_cache=False))
-    t_cached = _median_time(lambda: extract(lm, texts, all_layers, batch_size=len(texts)))
+    t_all = median_time(lambda: extract(lm, texts, all_layers, batch_size=len(texts), use_cache=False))
+    t_l6 = median_time(lambda: extract(lm, texts, resid_hooks(lm, [6]), batch_size=len(texts), use_cache=False))
+    t_cached = median_time(lambda: extract(lm, texts, all_layers, batch_size=len(texts)))
     report["extraction"] = {
         "transformers_tokens_per_s": round(n_tokens / t_hf),
         "repscope_all_layers_tokens_per_s": round(n_tokens / t_all),
@@ -92,7 +85,7 @@ def run(report: dict) -> None:
         with torch.inference_mode():
             lm.model.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in set(all_layers))
 
-    t_hooked, t_bridge = _median_time(hooked_forward), _median_time(bridge_forward)
+    t_hooked, t_bridge = median_time(hooked_forward), median_time(bridge_forward)
     # Exactness oracle: transformers with eager attention (the bridge runs eager;
     # sdpa reorders float sums and differs by ~1e-3 from both backends).
     eager = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=torch.float32,
@@ -124,7 +117,7 @@ def run(report: dict) -> None:
     else:
         prompt = "The old lighthouse keeper climbed the stairs every evening to light the lamp for ships"
         n = len(lm.tokenizer(prompt)["input_ids"])
-        t = _median_time(lambda: inspect_prompt(lm, prompt), reps=5)
+        t = median_time(lambda: inspect_prompt(lm, prompt), reps=5)
         report["live_inspection"] = {"prompt_tokens": n, "warm_latency_s": round(t, 3)}
 
     report["app_cold_start"] = _app_cold_start()

@@ -12,23 +12,16 @@ first 4 pairs of the displacement demo, on a copy of the default model
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
 import torch
 
+from bench.timing import median_time
+
 REPS = 2
 
 
-def _median_time(fn, reps: int = REPS) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(report: dict) -> None:
@@ -58,8 +51,8 @@ def run(report: dict) -> None:
             for ids, mask in batches:
                 hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
 
-    t_ches = _median_time(lambda: score_pairs(lm, data, cfg))
-    t_base = _median_time(baseline)
+    t_ches = median_time(lambda: score_pairs(lm, data, cfg), REPS)
+    t_base = median_time(baseline, REPS)
     report["ches"] = {
         "pairs": len(pairs), "sequences": len(enc.ids), "batch_size": cfg.batch_size,
         "real_tokens": int(sum(len(s) for s in enc.ids)),
