@@ -63,6 +63,7 @@ from analysis.alignment import (
     summarise,
 )
 from analysis.concepts import DEFAULT_BACKGROUND, check_name
+from analysis.recipes import check_config_keys
 CAV_METHODS = ("logistic", "mean_diff")
 BOOTSTRAP_FITS = ("mean_diff", "logistic")
 MIN_BOOTSTRAP = 20
@@ -138,10 +139,7 @@ class BiasConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BiasConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown bias config keys {unknown}; valid keys are {sorted(known)}")
+        check_config_keys(cls, d, "bias")
         d = dict(d)
         d["targets"] = tuple(d.get("targets") or ())
         return cls(**d)

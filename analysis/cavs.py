@@ -35,6 +35,7 @@ from jaxtyping import Bool, Float
 
 from analysis.activations import extract, resid_hooks
 from analysis.concepts import DEFAULT_BACKGROUND, ConceptSet, check_name
+from analysis.recipes import check_config_keys
 
 POOLINGS = ("last", "mean")
 Progress = Callable[[float, str], None]
@@ -133,10 +134,7 @@ class CavConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CavConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CAV config keys {unknown}; valid keys are {sorted(known)}")
+        check_config_keys(cls, d, "CAV")
         d = dict(d)
         d["concepts"] = tuple(d["concepts"])
         if d.get("layers") is not None:

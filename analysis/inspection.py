@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 
 from analysis.activations import resid_hook
 from analysis.models import LoadedModel
+from analysis.recipes import check_config_keys
 
 METRICS = ("prob", "rank")
 MAX_TOP_K = 100
@@ -116,10 +117,7 @@ class InspectConfig:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "InspectConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        check_config_keys(cls, config, "inspection")
         return cls(**config)
 
     def to_dict(self) -> dict[str, Any]:

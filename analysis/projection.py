@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import Float
 
 from analysis.concepts import DEFAULT_BACKGROUND, check_name
+from analysis.recipes import check_config_keys
 
 METHODS = ("pca", "umap")
 POOLINGS = ("last", "mean")
@@ -70,10 +71,7 @@ class ProjectionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProjectionConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown projection config keys {unknown}; valid keys are {sorted(known)}")
+        check_config_keys(cls, d, "projection")
         return cls(**{**d, "concepts": tuple(d["concepts"]), "layer": int(d["layer"])})
 
 

@@ -37,6 +37,14 @@ def make_recipe(figure: str, model: str, config: dict[str, Any]) -> dict[str, An
     return {"repscope_recipe": RECIPE_VERSION, "figure": figure, "model": model, "config": config}
 
 
+def check_config_keys(cls, config: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming unknown keys of a recipe ``config`` for dataclass ``cls``."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown}; valid keys are {sorted(known)}")
+
+
 def registry() -> dict[str, RecipeFn]:
     found: dict[str, RecipeFn] = {}
     for name in RECIPE_MODULES:
