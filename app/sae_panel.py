@@ -1,7 +1,7 @@
 """A reusable page section: pick an SAE, see its quality, the latents of concepts, probes and a latent card.
 
 ``render_sae_panel(lm, concept_names, layer)`` is called by the Concepts page
-(and may be by the Bias page). All numbers come from ``analysis.sae_probes``;
+(and may be by the Bias page). All numbers come from ``analysis.saes.probes``;
 every figure goes through ``render_figure``.
 """
 
@@ -21,7 +21,7 @@ _CHOICES = ("Shipped", "Local folder or release:id", "Upload")
 
 
 def _pick_sae(lm: LoadedModel, layer: int, key: str):
-    from analysis.saes import SAELoadError, shipped_for, shipped_saes
+    from analysis.saes.loading import SAELoadError, shipped_for, shipped_saes
 
     how = st.radio("SAE source", _CHOICES, horizontal=True, key=f"{key}-how")
     try:
@@ -75,18 +75,18 @@ def _show_quality(loaded) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _codes(_lm, _loaded, model_key: str, sae_key: str, texts: tuple[str, ...]):
-    from analysis.sae_probes import token_codes
+    from analysis.saes.probes import token_codes
 
     return token_codes(_lm, _loaded, list(texts))
 
 
 def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key: str = "sae") -> None:
     """The SAE section; ``layer`` preselects SAEs that read ``resid_post[layer]``."""
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.figures.saes import (
+    from analysis.concepts.sets import background_texts, load_concepts
+    from analysis.saes.figures import (
         concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
     )
-    from analysis.sae_probes import POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe
+    from analysis.saes.probes import POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe
 
     st.subheader("Sparse autoencoder latents")
     loaded, source = _pick_sae(lm, layer, key)

@@ -81,7 +81,7 @@ def get_sae(source: str, upload_digest: str = "", _upload: tuple[bytes, bytes] |
     ``upload_digest`` as the cache key (arguments starting with ``_`` are not
     hashed). Raises ``analysis.saes.SAELoadError``; callers show it.
     """
-    from analysis.saes import load_sae, load_sae_upload
+    from analysis.saes.loading import load_sae, load_sae_upload
 
     if _upload is not None:
         return load_sae_upload(*_upload, name=source)

@@ -28,11 +28,11 @@ def _timed(fn):
 def run(report: dict) -> None:
     import numpy as np
 
-    from analysis.bias import compute_bias, layer_frame, preset_config, summary_frame
-    from analysis.bias_behaviour import behaviour_data
-    from analysis.cavs import stacked_activations
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+    from analysis.bias.compute import compute_bias, layer_frame, preset_config, summary_frame
+    from analysis.bias.behaviour import behaviour_data
+    from analysis.concepts.cavs import stacked_activations
+    from analysis.concepts.sets import background_texts, load_concepts
+    from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
     from analysis.models import load_model
 
     lm = load_model()

@@ -18,8 +18,8 @@ CONCEPTS = ("positive_sentiment", "negative_sentiment", "food_aspect")
 
 def run(report: dict) -> dict:
     from analysis import models
-    from analysis.cavs import CavConfig, fit_cavs
-    from analysis.concepts import background_texts, load_concepts
+    from analysis.concepts.cavs import CavConfig, fit_cavs
+    from analysis.concepts.sets import background_texts, load_concepts
 
     t0 = time.perf_counter()
     lm = models.load_model()  # weights come from the user cache, resolved before the override below

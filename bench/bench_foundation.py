@@ -111,9 +111,9 @@ def run(report: dict) -> None:
     del hooked, hf, eager
 
     try:
-        from analysis.inspection import inspect_prompt
+        from analysis.inspection.lens import inspect_prompt
     except ModuleNotFoundError:
-        report["live_inspection"] = "analysis.inspection not present"
+        report["live_inspection"] = "analysis.inspection.lens not present"
     else:
         prompt = "The old lighthouse keeper climbed the stairs every evening to light the lamp for ships"
         n = len(lm.tokenizer(prompt)["input_ids"])

@@ -27,11 +27,11 @@ REPS = 2
 def run(report: dict) -> None:
     from transformers import AutoModelForCausalLM
 
-    from analysis.dpo import DPOConfig, run_dpo
+    from analysis.likelihood.dpo import DPOConfig, run_dpo
     from analysis.gguf_convert import converted_folder
-    from analysis.likelihood import LikelihoodConfig, encode, pad_right, score_pairs
+    from analysis.likelihood.ches import LikelihoodConfig, encode, pad_right, score_pairs
     from analysis.models import load_model
-    from analysis.preferences import load_shipped
+    from analysis.likelihood.preferences import load_shipped
 
     lm = load_model()
     data = load_shipped("mixed_pairs", lm.tokenizer).subset(range(16))

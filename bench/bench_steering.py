@@ -29,11 +29,11 @@ PROMPT = "I went to the new restaurant downtown and"
 def run(report: dict) -> None:
     from transformers import AutoModelForCausalLM
 
-    from analysis.generation import GenerationConfig, Steering, generate
+    from analysis.steering.generation import GenerationConfig, Steering, generate
     from analysis.gguf_convert import converted_folder
     from analysis.models import load_model
-    from analysis.pairs import load_pair_set
-    from analysis.steering import SteeringConfig, build_steering_vector, layer_search
+    from analysis.steering.pairs import load_pair_set
+    from analysis.steering.vector import SteeringConfig, build_steering_vector, layer_search
 
     lm = load_model()
     pairs = load_pair_set("sentiment")

@@ -7,10 +7,10 @@ import threading
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from analysis.bias import BiasConfig, compute_bias, layer_frame, load_presets, sae_view, summary_frame
-from analysis.bias_behaviour import behaviour_data, behaviour_rows, load_templates
-from analysis.concepts import load_concepts
-from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+from analysis.bias.compute import BiasConfig, compute_bias, layer_frame, load_presets, sae_view, summary_frame
+from analysis.bias.behaviour import behaviour_data, behaviour_rows, load_templates
+from analysis.concepts.sets import load_concepts
+from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
 from analysis.recipes import make_recipe
 from app import state
 from app.figures import render_figure

@@ -6,16 +6,16 @@ import hashlib
 
 import streamlit as st
 
-from analysis.cavs import FITTERS, CavConfig, accuracy_frame, fit_from_config, similarity_frame
-from analysis.concepts import (
+from analysis.concepts.cavs import FITTERS, CavConfig, accuracy_frame, fit_from_config, similarity_frame
+from analysis.concepts.sets import (
     background_texts,
     delete_workspace_concept,
     load_all_sets,
     save_uploaded_concepts,
 )
-from analysis.figures.concepts import accuracy_figure, projection_figure, similarity_figure
-from analysis.projection import METHODS as PROJECTIONS
-from analysis.projection import ProjectionConfig, compute_projection, projection_frame
+from analysis.concepts.figures import accuracy_figure, projection_figure, similarity_figure
+from analysis.concepts.projection import METHODS as PROJECTIONS
+from analysis.concepts.projection import ProjectionConfig, compute_projection, projection_frame
 from analysis.recipes import make_recipe
 from analysis.uploads import UploadError, parse_concept_upload
 from app.figures import render_figure
@@ -40,7 +40,7 @@ def _fit(_lm, model_name: str, config: CavConfig, sets_key: tuple):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _project(_lm, model_name: str, config: ProjectionConfig, sets_key: tuple):
-    from analysis.concepts import load_concepts
+    from analysis.concepts.sets import load_concepts
 
     return compute_projection(_lm, load_concepts(), background_texts(config.background), config)
 

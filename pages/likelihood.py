@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.dpo import DPOConfig, DPOMemoryError, compare_indicators, config_dict, run_dpo
-from analysis.figures.likelihood import (
+from analysis.likelihood.dpo import DPOConfig, DPOMemoryError, compare_indicators, config_dict, run_dpo
+from analysis.likelihood.figures import (
     ches_histogram_figure, ches_similarity_figure, dpo_curves_figure, dpo_indicators_figure,
     indicator_comparison_figure,
 )
-from analysis.likelihood import LikelihoodConfig, filter_by_percentile, lm_logits_fn, percentile_cut, rank_pairs
-from analysis.preferences import DEFAULT_SET, PreferenceData, export_jsonl, parse_preferences, shipped_sets
+from analysis.likelihood.ches import LikelihoodConfig, filter_by_percentile, lm_logits_fn, percentile_cut, rank_pairs
+from analysis.likelihood.preferences import DEFAULT_SET, PreferenceData, export_jsonl, parse_preferences, shipped_sets
 from analysis.recipes import make_recipe
 from analysis.uploads import UploadError
 from app import state

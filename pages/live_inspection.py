@@ -5,16 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from analysis.inspection import (
+from analysis.inspection.lens import (
     MAX_TOP_K,
     InspectConfig,
     check_prompts,
-    build_figure,
     display_token,
     inspect_prompt,
     lens_top_k_frame,
     score_prompts,
 )
+from analysis.inspection.recipes import build_figure
 from analysis.recipes import make_recipe
 from analysis.uploads import UploadError, parse_texts
 from app.figures import render_figure

@@ -7,12 +7,12 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from analysis.figures.steering import alpha_sweep_figure, cav_links_figure, layer_search_figure, sae_links_figure
-from analysis.generation import MAX_NEW_TOKENS, GenerationConfig, Steering, generate_side_by_side
-from analysis.pairs import load_pair_set, parse_pair_upload, shipped_sets
+from analysis.steering.figures import alpha_sweep_figure, cav_links_figure, layer_search_figure, sae_links_figure
+from analysis.steering.generation import MAX_NEW_TOKENS, GenerationConfig, Steering, generate_side_by_side
+from analysis.steering.pairs import load_pair_set, parse_pair_upload, shipped_sets
 from analysis.recipes import make_recipe
-from analysis.steering import POSITIONS, SCORES, SteeringConfig, build_steering_vector
-from analysis.steering_eval import compute_alpha_sweep, compute_cav_links, compute_sae_links
+from analysis.steering.vector import POSITIONS, SCORES, SteeringConfig, build_steering_vector
+from analysis.steering.evaluation import compute_alpha_sweep, compute_cav_links, compute_sae_links
 from analysis.uploads import UploadError
 from app.figures import render_figure
 from app.state import get, put, require_model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.alignment import (
+from analysis.bias.alignment import (
     ConceptStats,
     SaeView,
     align,
@@ -20,17 +20,17 @@ from analysis.alignment import (
     summarise,
     REPRESENTATIONS,
 )
-from analysis.bias import BiasConfig, bias_from_arrays, load_presets, preset_config
-from analysis.bias_behaviour import (
+from analysis.bias.compute import BiasConfig, bias_from_arrays, load_presets, preset_config
+from analysis.bias.behaviour import (
     aggregate_words,
     behavioural_bias,
     fill_templates,
     load_templates,
     spearman,
 )
-from analysis.bias_resampling import bootstrap_draws, mean_diff, null_draws
-from analysis.cavs import CavConfig, fit_cavs_arrays, fit_mean_diff
-from analysis.concepts import ConceptSet, load_concepts
+from analysis.bias.resampling import bootstrap_draws, mean_diff, null_draws
+from analysis.concepts.cavs import CavConfig, fit_cavs_arrays, fit_mean_diff
+from analysis.concepts.sets import ConceptSet, load_concepts
 
 
 # ---------------------------------------------------------------- hand-computed
@@ -153,7 +153,7 @@ def test_references_from_one_distribution_give_a_ci_including_zero():
 def test_mean_diff_bootstrap_equals_cavs_fitter_on_the_same_resample():
     pos, neg = _planted(2, {"a": E[0]}, n=12, m=30)
     cavs, _ = bootstrap_draws(pos, neg, 3, seed=5)
-    from analysis.bias_resampling import rng_for
+    from analysis.bias.resampling import rng_for
 
     idx = rng_for(5, "bootstrap", "a").integers(0, 12, size=(3, 12))
     bg = rng_for(5, "bootstrap-background").integers(0, 30, size=(3, 30))
@@ -278,7 +278,7 @@ QUICK = dict(n_bootstrap=30, n_permutations=30, max_texts=12, max_background=40)
 
 
 def test_compute_bias_end_to_end_on_tiny_model(tiny_lm):
-    from analysis.bias import compute_bias, layer_frame, summary_frame
+    from analysis.bias.compute import compute_bias, layer_frame, summary_frame
 
     cfg = BiasConfig(targets=("food_aspect", "service_aspect"), ref1="positive_sentiment",
                      ref2="negative_sentiment", acc_threshold=0.5, **QUICK)
@@ -299,9 +299,9 @@ def test_compute_bias_end_to_end_on_tiny_model(tiny_lm):
 
 
 def test_figures_build_from_a_result(tiny_lm):
-    from analysis.bias import compute_bias
-    from analysis.bias_behaviour import behaviour_data
-    from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+    from analysis.bias.compute import compute_bias
+    from analysis.bias.behaviour import behaviour_data
+    from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
 
     r = compute_bias(tiny_lm, BiasConfig(targets=("food_aspect",), ref1="positive_sentiment",
                                          ref2="negative_sentiment", layer_rule="layer", layer=1, **QUICK))
@@ -344,8 +344,8 @@ def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
 @pytest.mark.real_model
 def test_every_preset_end_to_end_on_the_real_model(real_lm):
     """Cheap settings (12 texts per concept, 40 background texts, 50 resamples); prints the numbers."""
-    from analysis.bias import compute_bias, summary_frame
-    from analysis.bias_behaviour import BehaviourConfig, compute_behaviour
+    from analysis.bias.compute import compute_bias, summary_frame
+    from analysis.bias.behaviour import BehaviourConfig, compute_behaviour
 
     quick = dict(n_bootstrap=50, n_permutations=50, max_texts=12, max_background=40)
     results = {}
@@ -397,7 +397,7 @@ def test_bias_page_computes_and_rerenders_from_the_cache(real_lm):
 @pytest.mark.real_model
 @pytest.mark.parametrize("representation", ["sae-diff", "sae-proj"])
 def test_sae_representations_on_the_real_model(real_lm, representation):
-    from analysis.bias import compute_bias, sae_view, summary_frame
+    from analysis.bias.compute import compute_bias, sae_view, summary_frame
 
     sae = sae_view(real_lm)
     if sae is None:
@@ -414,7 +414,7 @@ def test_sae_representations_on_the_real_model(real_lm, representation):
 
 @pytest.mark.real_model
 def test_last_position_hook_matches_full_logits_on_the_real_model(real_lm):
-    from analysis.bias_behaviour import next_token_logprobs
+    from analysis.bias.behaviour import next_token_logprobs
 
     prompts = ["The food was", "I thought the insured patient was really", "Honestly, the menu is"]
     ids = np.array([1535, 818, 2780, 100, 5000])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import cavs
-from analysis.cavs import CavConfig, CavResult, cosine_matrix, cv_accuracy, fit_cavs, fit_cavs_arrays
-from analysis.concepts import ConceptSet
-from analysis.projection import project
+from analysis.concepts import cavs
+from analysis.concepts.cavs import CavConfig, CavResult, cosine_matrix, cv_accuracy, fit_cavs, fit_cavs_arrays
+from analysis.concepts.sets import ConceptSet
+from analysis.concepts.projection import project
 
 
 def _planted(seed=0, n=400, d=16, shift=3.0):
@@ -187,11 +187,10 @@ def test_fit_cavs_one_extraction_per_text_set(tiny_lm, monkeypatch):
 
 def test_recipes_rebuild_figures(tiny_lm):
     # The module RECIPES directly: analysis.recipes.registry() imports every other module too.
-    from analysis.cavs import RECIPES as CAV_RECIPES
-    from analysis.projection import RECIPES as PROJECTION_RECIPES
+    from analysis.concepts.recipes import RECIPES
     from analysis.recipes import make_recipe
 
-    recipes = {**CAV_RECIPES, **PROJECTION_RECIPES}
+    recipes = RECIPES
 
     def run_recipe(recipe, lm):
         return recipes[recipe["figure"]](lm, recipe["config"])
@@ -242,7 +241,7 @@ def test_sentiment_cavs_on_real_model(real_lm):
     from threadpoolctl import threadpool_limits
 
     from analysis.activations import extract, resid_hooks
-    from analysis.concepts import background_texts, load_concepts
+    from analysis.concepts.sets import background_texts, load_concepts
 
     sets = load_concepts()
     rng = np.random.default_rng(0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from analysis import concepts as cs
-
+from analysis.concepts import sets as cs
 GOOD_TEXTS = [f"This is example sentence number {i} about the concept." for i in range(12)]
 
 
@@ -30,7 +29,7 @@ _DROP = object()
 def workspace(tmp_path, monkeypatch):
     folder = tmp_path / "ws"
     monkeypatch.setenv("REPSCOPE_WORKSPACE", str(folder))
-    return folder
+    return folder / "concepts"
 
 
 def test_shipped_sets_all_validate():

@@ -15,7 +15,7 @@ from analysis.commands import concepts as cmd
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("REPSCOPE_WORKSPACE", str(tmp_path / "ws"))
-    return tmp_path / "ws"
+    return tmp_path / "ws" / "concepts"
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -61,7 +61,7 @@ def test_concepts_add_bad_files_exit_2(workspace, tmp_path, capsys):
 
 
 def test_cav_command_writes_figures_csv_and_result(tmp_path, monkeypatch, tiny_lm):
-    from analysis.cavs import CavResult
+    from analysis.concepts.cavs import CavResult
 
     monkeypatch.setattr(cmd, "load_from_args", lambda args: tiny_lm)
     out = tmp_path / "out"

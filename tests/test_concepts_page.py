@@ -43,7 +43,7 @@ def test_workspace_concepts_are_listed_and_deletable(page):
     at = page
     # AppTest cannot drive st.file_uploader; the save path is exercised through the analysis API
     # and the page must list what is in the workspace after a rerun.
-    from analysis.concepts import save_uploaded_concepts
+    from analysis.concepts.sets import save_uploaded_concepts
 
     save_uploaded_concepts({"my_topic": [f"a sentence about my topic number {i}" for i in range(12)]})
     at.run()

@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from analysis.figures import inspection as figs
-from analysis.inspection import (
-    RECIPE_KINDS,
+from analysis.inspection import figures as figs
+from analysis.inspection.recipes import RECIPE_KINDS
+from analysis.inspection.lens import (
     InspectConfig,
     attention_frame,
     inspect_prompt,
@@ -151,10 +151,10 @@ def test_figures_and_frames(tiny_lm):
 
 def test_recipes_rebuild_every_kind(tiny_lm):
     # Through this module's RECIPES, not registry(): that imports every other analysis module.
-    from analysis.inspection import RECIPES
+    from analysis.inspection.recipes import RECIPES
     from analysis.recipes import RECIPE_MODULES, make_recipe
 
-    assert "analysis.inspection" in RECIPE_MODULES and set(RECIPES) == set(RECIPE_KINDS)
+    assert "analysis.inspection.recipes" in RECIPE_MODULES and set(RECIPES) == set(RECIPE_KINDS)
     for kind in RECIPE_KINDS:
         recipe = make_recipe(kind, tiny_lm.name, {"text": "the dog", "layer": 2, "head": 1, "top_k": 3})
         fig, frame = RECIPES[recipe["figure"]](tiny_lm, recipe["config"])

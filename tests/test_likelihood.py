@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.dpo import DPOConfig, DPOMemoryError, check_memory, compare_indicators, run_dpo, watch_token_ids
-from analysis.likelihood import (
+from analysis.likelihood.dpo import DPOConfig, DPOMemoryError, check_memory, compare_indicators, run_dpo, watch_token_ids
+from analysis.likelihood.ches import (
     LikelihoodConfig, ches, encode, filter_by_percentile, lm_logits_fn, normalized_edit_distance, rank_pairs,
     response_stats, score_pairs, token_jaccard, topk_indicators,
 )
-from analysis.preferences import (
+from analysis.likelihood.preferences import (
     PreferencePair, export_jsonl, load_shipped, parse_preferences, render_messages,
 )
 from analysis.uploads import UploadError

@@ -16,7 +16,7 @@ def _script() -> None:
 
 @pytest.fixture
 def tiny_sae_folder(tmp_path):
-    from analysis.sae_training import build_sae
+    from analysis.saes.training import build_sae
 
     g = torch.Generator().manual_seed(0)
     state = {"W_enc": torch.randn(32, 64, generator=g), "b_enc": torch.zeros(64),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.saes import (
+from analysis.saes.loading import (
     SAELoadError, decode, encode, load_sae, load_sae_upload, safetensors_header, shipped_saes,
 )
-from analysis.sae_training import build_sae
+from analysis.saes.training import build_sae
 
 SHIPPED = "gemma-3-270m-offline-res6-2k"
 
@@ -134,7 +134,7 @@ def test_pretrained_offline_fails_fast_with_clear_message():
 # ---------------------------------------------------------------- probes on synthetic codes
 
 def test_concept_latents_and_probe_find_planted_latent():
-    from analysis.sae_probes import compute_concept_latents, compute_sparse_probe
+    from analysis.saes.probes import compute_concept_latents, compute_sparse_probe
 
     rng = np.random.default_rng(0)
     neg = rng.exponential(0.5, (60, 50)) * (rng.random((60, 50)) < 0.2)
@@ -152,7 +152,7 @@ def test_concept_latents_and_probe_find_planted_latent():
 
 
 def test_token_codes_pooling():
-    from analysis.sae_probes import TokenCodes
+    from analysis.saes.probes import TokenCodes
 
     codes = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]], dtype=np.float32)
     tc = TokenCodes(codes, np.array([0, 2, 3]), np.array([1, 2, 3]))
@@ -177,13 +177,13 @@ def _identity_sae(d, hook):
 
 
 def _loaded(sae, hook):
-    from analysis.saes import LoadedSAE
+    from analysis.saes.loading import LoadedSAE
 
     return LoadedSAE(sae, "hand", "folder", hook, int(hook.split(".")[1]))
 
 
 def test_quality_identity_sae_on_tiny_model(tiny_lm):
-    from analysis.sae_quality import measure_quality
+    from analysis.saes.quality import measure_quality
 
     texts = ["the cat is happy .", "the dog went to paris", "good food and bad service !"]
     q = measure_quality(tiny_lm, _identity_sae(32, "blocks.1.hook_resid_post"), texts, 1)
@@ -203,7 +203,7 @@ def test_quality_identity_sae_on_tiny_model(tiny_lm):
 
 def test_token_codes_and_latent_card_on_tiny_model(tiny_lm):
     from analysis.activations import extract
-    from analysis.sae_probes import compute_latent_card, token_codes
+    from analysis.saes.probes import compute_latent_card, token_codes
 
     hook = "blocks.2.hook_resid_post"
     st = _hand_state(32, 16, seed=3)
@@ -227,7 +227,7 @@ def test_token_codes_and_latent_card_on_tiny_model(tiny_lm):
 
 
 def test_train_topk_recovers_planted_dictionary():
-    from analysis.sae_training import SAETrainConfig, train_topk_sae
+    from analysis.saes.training import SAETrainConfig, train_topk_sae
 
     g = torch.Generator().manual_seed(0)
     D = torch.randn(64, 16, generator=g)
@@ -246,8 +246,8 @@ def test_train_topk_recovers_planted_dictionary():
 
 
 def test_figures_build(tiny_lm):
-    from analysis.figures.saes import concept_latents_figure, probe_accuracy_figure
-    from analysis.sae_probes import compute_concept_latents, compute_sparse_probe
+    from analysis.saes.figures import concept_latents_figure, probe_accuracy_figure
+    from analysis.saes.probes import compute_concept_latents, compute_sparse_probe
 
     rng = np.random.default_rng(1)
     pos, neg = rng.random((20, 10)), rng.random((20, 10))
@@ -269,7 +269,7 @@ def test_default_sae_is_shipped():
 def test_shipped_sae_loads_with_sae_lens(name):
     from sae_lens import SAE
 
-    from analysis.saes import SAES_DIR
+    from analysis.saes.loading import SAES_DIR
 
     sae = SAE.load_from_disk(str(SAES_DIR / name))
     loaded = load_sae(name)
@@ -292,9 +292,9 @@ def test_sae_info_command(capsys):
 @pytest.mark.real_model
 @pytest.mark.parametrize("name", sorted(shipped_saes()))
 def test_shipped_sae_quality_reproduces(real_lm, name):
-    from analysis.sae_quality import measure_quality
-    from analysis.saes import SAES_DIR
-    from analysis.sae_training import CHECK_TEXTS, Corpus
+    from analysis.saes.quality import measure_quality
+    from analysis.saes.loading import SAES_DIR
+    from analysis.saes.training import CHECK_TEXTS, Corpus
 
     loaded = load_sae(name)
     corpus_json = json.loads((SAES_DIR / name / "corpus.json").read_text())
@@ -314,7 +314,7 @@ def test_shipped_sae_quality_reproduces(real_lm, name):
 def test_train_and_save_end_to_end_on_tiny_model(tiny_lm, tmp_path):
     from sae_lens import SAE
 
-    from analysis.sae_training import SAETrainConfig, shipped_texts, train_and_save
+    from analysis.saes.training import SAETrainConfig, shipped_texts, train_and_save
 
     cfg = SAETrainConfig(layer=1, d_sae=64, k=4, steps=30, batch_size=128, n_samples=1, gen_tokens=3,
                          eval_texts=8)
@@ -331,13 +331,13 @@ def test_train_and_save_end_to_end_on_tiny_model(tiny_lm, tmp_path):
 
 
 def test_recipe_kinds_are_registered():
-    from analysis import sae_probes
-    from analysis.saes import RECIPES
+    from analysis.saes import recipes
+    from analysis.saes.recipes import RECIPES
 
     assert set(RECIPES) == {"sae_concept_latents", "sae_probe_accuracy", "sae_latent_histogram",
                             "sae_promoted_tokens"}
     for fn in ("concept_latents_recipe", "probe_recipe", "latent_histogram_recipe", "promoted_tokens_recipe"):
-        assert callable(getattr(sae_probes, fn))
+        assert callable(getattr(recipes, fn))
 
 
 def test_truncated_weights_in_a_folder_are_rejected(tmp_path):

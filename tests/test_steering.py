@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from analysis.activations import resid_hook
-from analysis.generation import GenerationConfig, Steering, generate, generate_side_by_side
-from analysis.pairs import Pair, PairSet, load_pair_set, parse_pair_upload, shipped_sets
-from analysis.steering import (
+from analysis.steering.generation import GenerationConfig, Steering, generate, generate_side_by_side
+from analysis.steering.pairs import Pair, PairSet, load_pair_set, parse_pair_upload, shipped_sets
+from analysis.steering.vector import (
     POSITIONS, SteeringConfig, SteeringVector, apply, build_steering_vector, compute_pair_activations,
     js_exact, js_paper, layer_search,
 )
-from analysis.steering_eval import completion_logprobs, compute_alpha_sweep, mean_token_loss
+from analysis.steering.evaluation import completion_logprobs, compute_alpha_sweep, mean_token_loss
 from analysis.uploads import UploadError
 from tests.conftest import make_tiny_lm
 
@@ -96,7 +96,7 @@ def test_scores_equal_hand_computed_kl_and_js():
 
 
 def test_degenerate_search_is_flagged():
-    from analysis.steering import LayerSearch
+    from analysis.steering.vector import LayerSearch
 
     assert LayerSearch(np.arange(5), np.array([-0.9, -1, -1, -1, -1.0]), "paper").degenerate
     assert not LayerSearch(np.arange(5), np.array([0.1, 0.2, 0.3, 0.2, 0.05]), "exact").degenerate
@@ -281,8 +281,8 @@ def test_sweep_gap_matches_per_text_oracle(tiny_lm):
 
 
 def test_figures_build(tiny_lm):
-    from analysis.figures.steering import alpha_sweep_figure, layer_search_figure, sae_links_figure
-    from analysis.steering_eval import SaeLinks
+    from analysis.steering.figures import alpha_sweep_figure, layer_search_figure, sae_links_figure
+    from analysis.steering.evaluation import SaeLinks
 
     vec, search, acts = build_steering_vector(tiny_lm, PAIRS)
     fig = layer_search_figure(layer_search(acts, "paper"), chosen=1)
@@ -305,7 +305,7 @@ def sentiment(real_lm):
 
 @pytest.mark.real_model
 def test_real_hf_twin_and_bridge_paths_agree_when_steered(real_lm, sentiment):
-    from analysis.generation import hf_twin
+    from analysis.steering.generation import hf_twin
 
     _, vec, _ = sentiment
     twin = hf_twin(real_lm)
@@ -359,10 +359,10 @@ def test_recipes_registered():
 
 
 def test_cav_links_are_cosines_with_the_cavs(tiny_lm):
-    from analysis.cavs import CavConfig, fit_cavs
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.figures.steering import cav_links_figure
-    from analysis.steering_eval import compute_cav_links
+    from analysis.concepts.cavs import CavConfig, fit_cavs
+    from analysis.concepts.sets import background_texts, load_concepts
+    from analysis.steering.figures import cav_links_figure
+    from analysis.steering.evaluation import compute_cav_links
 
     vec = _vector(tiny_lm)
     names = ("positive_sentiment", "negative_sentiment")

@@ -25,7 +25,7 @@ def _names(value: str, flag: str) -> tuple[str, ...]:
 
 def config_from_args(args):
     """The :class:`BiasConfig` and template-set name the arguments ask for."""
-    from analysis.bias import BiasConfig, load_presets
+    from analysis.bias.compute import BiasConfig, load_presets
     from analysis.recipes import read_recipe
 
     options = dict(
@@ -55,10 +55,10 @@ def config_from_args(args):
 
 
 def _bias(args) -> int:
-    from analysis.bias import compute_bias, layer_frame, summary_frame
-    from analysis.bias_behaviour import behaviour_data, behaviour_rows, load_templates
+    from analysis.bias.compute import compute_bias, layer_frame, summary_frame
+    from analysis.bias.behaviour import behaviour_data, behaviour_rows, load_templates
     from analysis.commands.inspect import _formats
-    from analysis.figures.bias import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+    from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
     from analysis.recipes import make_recipe
 
     formats = _formats(args.formats)

@@ -10,7 +10,7 @@ from analysis.commands.core import add_model_args, load_from_args, write_figure
 
 
 def _data(args, lm):
-    from analysis.preferences import load_preferences, load_shipped, shipped_sets
+    from analysis.likelihood.preferences import load_preferences, load_shipped, shipped_sets
 
     if args.file in shipped_sets():
         return load_shipped(args.file, lm.tokenizer)
@@ -18,9 +18,9 @@ def _data(args, lm):
 
 
 def _ches(args) -> int:
-    from analysis.figures.likelihood import ches_histogram_figure, ches_similarity_figure
-    from analysis.likelihood import LikelihoodConfig, filter_by_percentile, score_pairs, scores_frame
-    from analysis.preferences import export_jsonl
+    from analysis.likelihood.figures import ches_histogram_figure, ches_similarity_figure
+    from analysis.likelihood.ches import LikelihoodConfig, filter_by_percentile, score_pairs, scores_frame
+    from analysis.likelihood.preferences import export_jsonl
     from analysis.recipes import make_recipe
 
     lm = load_from_args(args)
@@ -49,8 +49,8 @@ def _ches(args) -> int:
 
 
 def _dpo(args) -> int:
-    from analysis.dpo import DPOConfig, DPOMemoryError, config_dict, history_frame, run_dpo
-    from analysis.figures.likelihood import dpo_curves_figure, dpo_indicators_figure
+    from analysis.likelihood.dpo import DPOConfig, DPOMemoryError, config_dict, history_frame, run_dpo
+    from analysis.likelihood.figures import dpo_curves_figure, dpo_indicators_figure
     from analysis.recipes import make_recipe
 
     cfg = DPOConfig(beta=args.beta, lr=args.lr, steps=args.steps, watch_tokens=tuple(args.watch or [" Yes"]),

@@ -25,7 +25,7 @@ def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
 
 
 def _list(args) -> int:
-    from analysis.concepts import background_texts, load_concepts
+    from analysis.concepts.sets import background_texts, load_concepts
 
     sets = load_concepts()
     print(f"{'name':24s} {'source':9s} {'texts':>5s}  title")
@@ -36,7 +36,7 @@ def _list(args) -> int:
 
 
 def _add(args) -> int:
-    from analysis.concepts import save_uploaded_concepts, workspace_dir
+    from analysis.concepts.sets import save_uploaded_concepts, workspace_dir
     from analysis.uploads import parse_concept_upload
 
     path = Path(args.file)
@@ -51,7 +51,7 @@ def _add(args) -> int:
 
 
 def _remove(args) -> int:
-    from analysis.concepts import delete_workspace_concept
+    from analysis.concepts.sets import delete_workspace_concept
 
     delete_workspace_concept(args.name)
     print(f"removed {args.name}")
@@ -59,8 +59,8 @@ def _remove(args) -> int:
 
 
 def _cav(args) -> int:
-    from analysis.cavs import CavConfig, accuracy_frame, fit_from_config, similarity_frame
-    from analysis.figures.concepts import accuracy_figure, similarity_figure
+    from analysis.concepts.cavs import CavConfig, accuracy_frame, fit_from_config, similarity_frame
+    from analysis.concepts.figures import accuracy_figure, similarity_figure
     from analysis.recipes import make_recipe
 
     lm = load_from_args(args)

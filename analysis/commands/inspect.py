@@ -35,7 +35,8 @@ def _formats(value: str) -> list[str]:
 
 
 def _inspect(args) -> int:
-    from analysis.inspection import RECIPE_KINDS, InspectConfig, build_figure, inspect_prompt, score_prompts
+    from analysis.inspection.lens import InspectConfig, inspect_prompt, score_prompts
+    from analysis.inspection.recipes import RECIPE_KINDS, build_figure
     from analysis.recipes import make_recipe
 
     formats = _formats(args.formats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from analysis.commands.core import add_model_args, load_from_args
 def _train(args) -> int:
     from dataclasses import fields
 
-    from analysis.sae_training import SAES_DIR, SAETrainConfig, train_and_save
+    from analysis.saes.training import SAES_DIR, SAETrainConfig, train_and_save
 
     if args.threads:
         import torch
@@ -30,7 +29,7 @@ def _train(args) -> int:
 
 
 def _info(args) -> int:
-    from analysis.saes import load_sae
+    from analysis.saes.loading import load_sae
 
     loaded = load_sae(args.source)
     print(json.dumps(loaded.describe(), indent=2))
@@ -40,7 +39,7 @@ def _info(args) -> int:
 def _probe(args) -> int:
     from analysis.commands.core import write_figure
     from analysis.recipes import make_recipe
-    from analysis.sae_probes import probe_recipe
+    from analysis.saes.recipes import probe_recipe
 
     lm = load_from_args(args)
     config = {"sae": args.sae, "concept": args.concept, "pooling": args.pooling, "top": args.top}
@@ -56,7 +55,7 @@ def _probe(args) -> int:
 
 
 def register(sub) -> None:
-    from analysis.sae_training import SAETrainConfig
+    from analysis.saes.training import SAETrainConfig
 
     d = SAETrainConfig()
     p = sub.add_parser("train-sae", help="train a TopK residual SAE offline and save it in sae-lens format")

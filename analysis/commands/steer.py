@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -20,11 +19,11 @@ def run_steer(lm, args) -> list[Path]:
     """The whole pipeline on a loaded model; returns the files written."""
     import pandas as pd
 
-    from analysis.figures.steering import alpha_sweep_figure, layer_search_figure
-    from analysis.pairs import load_pair_set
+    from analysis.steering.figures import alpha_sweep_figure, layer_search_figure
+    from analysis.steering.pairs import load_pair_set
     from analysis.recipes import make_recipe
-    from analysis.steering import SteeringConfig, build_steering_vector, layer_search
-    from analysis.steering_eval import compute_alpha_sweep
+    from analysis.steering.vector import SteeringConfig, build_steering_vector, layer_search
+    from analysis.steering.evaluation import compute_alpha_sweep
 
     out = Path(args.out)
     formats = [f for f in args.formats.split(",") if f]
@@ -58,7 +57,7 @@ def run_steer(lm, args) -> list[Path]:
 
 
 def _steer(args) -> int:
-    from analysis.pairs import load_pair_set
+    from analysis.steering.pairs import load_pair_set
 
     load_pair_set(args.pairs)  # bad input exits before the model loads
     lm = load_from_args(args)

@@ -103,7 +103,7 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
     page.locator('[data-testid="stAlertContentSuccess"]').filter(
         has_text=f"Saved {CONCEPT} ({len(WEATHER)} texts)").wait_for(timeout=60_000)
     _wait_for_app(page)
-    assert (workspace / f"{CONCEPT}.yaml").is_file()
+    assert (workspace / "concepts" / f"{CONCEPT}.yaml").is_file()
     _shows(page, "concepts_delete_pick", CONCEPT)
 
     # Concepts: drop the default negative_sentiment (last chip), add ours -> positive_sentiment + weather_talk.

@@ -32,7 +32,7 @@ from jaxtyping import Float
 
 from analysis.activations import extract
 from analysis.models import LoadedModel
-from analysis.saes import LoadedSAE, encode
+from analysis.saes.loading import LoadedSAE, encode
 
 POOLINGS = ("max", "mean")
 PROBE_KS = (1, 2, 4, 8, 16, 32)
@@ -200,58 +200,3 @@ def compute_latent_card(lm: LoadedModel, loaded: LoadedSAE, latent: int, texts: 
 
 
 # ---------------------------------------------------------------- recipes
-
-def _concept_codes(lm, config) -> tuple[LoadedSAE, np.ndarray, np.ndarray]:
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.saes import load_sae
-
-    concepts = load_concepts()
-    if config["concept"] not in concepts:
-        raise ValueError(f"unknown concept {config['concept']!r}; valid: {sorted(concepts)}")
-    cs = concepts[config["concept"]]
-    loaded = load_sae(config["sae"])
-    pooling = config.get("pooling", "max")
-    pos = token_codes(lm, loaded, list(cs.texts)).pooled(pooling)
-    neg = token_codes(lm, loaded, list(background_texts(cs.background))).pooled(pooling)
-    return loaded, pos, neg
-
-
-def concept_latents_recipe(lm, config):
-    from analysis.figures.saes import concept_latents_figure
-
-    _, pos, neg = _concept_codes(lm, config)
-    data = compute_concept_latents(pos, neg, config["concept"], config.get("pooling", "max"))
-    top = int(config.get("top", 20))
-    return concept_latents_figure(data, top), data.frame(top)
-
-
-def probe_recipe(lm, config):
-    from analysis.figures.saes import probe_accuracy_figure
-
-    _, pos, neg = _concept_codes(lm, config)
-    curve = compute_sparse_probe(pos, neg, concept=config["concept"])
-    return probe_accuracy_figure(curve), curve.frame()
-
-
-def _card(lm, config) -> LatentCard:
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.saes import load_sae
-
-    concepts = load_concepts()
-    texts = [t for n in config.get("concepts", []) for t in concepts[n].texts] + list(background_texts())
-    return compute_latent_card(lm, load_sae(config["sae"]), int(config["latent"]), texts)
-
-
-def latent_histogram_recipe(lm, config):
-    from analysis.figures.saes import latent_histogram_figure
-
-    card = _card(lm, config)
-    return latent_histogram_figure(card), card.top_texts
-
-
-def promoted_tokens_recipe(lm, config):
-    from analysis.figures.saes import promoted_tokens_figure
-
-    card = _card(lm, config)
-    return promoted_tokens_figure(card), pd.DataFrame({"token": card.promoted_tokens,
-                                                       "logit": card.promoted_logits})

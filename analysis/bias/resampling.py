@@ -1,8 +1,8 @@
 """Resampled concept estimates for Bias: bootstrap over texts and the background-split null.
 
 Both return, per concept, a CAV estimate ``(draws, layers, d)`` and (with SAE codes)
-a mean-code difference ``(draws, k)``; ``analysis.bias`` turns them into Bias.
-See the ``analysis.bias`` docstring for the choices (mean_diff vs warm-started
+a mean-code difference ``(draws, k)``; ``analysis.bias.compute`` turns them into Bias.
+See the ``analysis.bias.compute`` docstring for the choices (mean_diff vs warm-started
 logistic refits; fake-concept sizes).
 """
 

@@ -35,7 +35,8 @@ from jaxtyping import Float
 
 from analysis.activations import extract, resid_hook, resid_hooks
 from analysis.models import LoadedModel
-from analysis.pairs import Pair, PairSet
+from analysis.steering.pairs import Pair, PairSet
+from analysis.steering.twin import existing_twin
 
 # ---------------------------------------------------------------- positions
 
@@ -289,7 +290,6 @@ def apply(
     with lm.lock, lm.hooked(fwd):
         handles = []
         try:
-            from analysis.generation import existing_twin
 
             twin = existing_twin(lm)  # the plain HF view generation uses, if one was made
             if twin is not None and alpha != 0:
@@ -308,12 +308,3 @@ def _torch_add(delta: torch.Tensor):
             return (output[0] + delta,) + tuple(output[1:])
         return output + delta
     return hook
-
-
-def __getattr__(name: str):
-    # RECIPES live with the evaluation code (which imports this module); load on first use.
-    if name == "RECIPES":
-        from analysis.steering_eval import RECIPES
-
-        return RECIPES
-    raise AttributeError(f"module 'analysis.steering' has no attribute {name!r}")

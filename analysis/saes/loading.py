@@ -16,9 +16,7 @@ safetensors holds raw arrays only.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +28,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from analysis.models import ASSETS, CATALOGUE
+from analysis.hub import is_cached, unreachable_reason
+from analysis.models import CATALOGUE
+from analysis.paths import ASSETS
 
 SAES_DIR = ASSETS / "saes"
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
@@ -222,17 +222,6 @@ def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedSAE
     return LoadedSAE(sae.eval(), name, source, hook, _layer(hook), meta.get("model_name"), quality, readme)
 
 
-def _hub_reachable(timeout: float = 3.0) -> str | None:
-    """None when the hub can be reached, else why not."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
-        return f"{host} is unreachable ({err})"
-    return None
-
 
 def _release_entry(release: str) -> dict | None:
     """One release's entry of sae-lens' pretrained_saes.yaml.
@@ -262,14 +251,8 @@ def _load_pretrained(release: str, sae_id: str, device: str = "cpu") -> LoadedSA
         ids = list(paths)
         raise SAELoadError(f"ID {sae_id!r} not found in release {release!r}; valid IDs include {ids[:8]}"
                            f"{' ...' if len(ids) > 8 else ''}")
-    cached = False
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = isinstance(try_to_load_from_cache(entry["repo_id"], f"{paths[sae_id]}/{CFG_FILE}"), str)
-    except Exception:  # noqa: BLE001 - a failed cache probe just means "not cached"
-        pass
-    why = None if cached else _hub_reachable()
+    cached = is_cached(entry["repo_id"], f"{paths[sae_id]}/{CFG_FILE}")
+    why = None if cached else unreachable_reason()
     if why:
         raise SAELoadError(f"cannot load SAE release {release!r} (id {sae_id!r}): the Hugging Face hub is "
                            f"unreachable: {why}. Shipped SAEs that work offline: "
@@ -297,21 +280,3 @@ def encode(sae, acts: Float[Tensor, "... d_in"] | np.ndarray, chunk: int = 4096)
 @torch.inference_mode()
 def decode(sae, codes: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
     return sae.decode(torch.as_tensor(codes).to(sae.dtype)).float()
-
-
-def _recipe(fn_name: str):
-    def run(lm, config):
-        from analysis import sae_probes
-
-        return getattr(sae_probes, fn_name)(lm, config)
-
-    return run
-
-
-# Figure kinds (analysis.recipes); the work lives in analysis.sae_probes.
-RECIPES = {
-    "sae_concept_latents": _recipe("concept_latents_recipe"),
-    "sae_probe_accuracy": _recipe("probe_recipe"),
-    "sae_latent_histogram": _recipe("latent_histogram_recipe"),
-    "sae_promoted_tokens": _recipe("promoted_tokens_recipe"),
-}

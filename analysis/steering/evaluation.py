@@ -6,9 +6,9 @@
   plus the model's mean next-token loss on neutral background text at each α
   (how much steering damages ordinary language modelling).
 * :func:`compute_cav_links`: cosine of each layer's vector with the shipped
-  concepts' CAVs (``analysis.cavs``).
+  concepts' CAVs (``analysis.concepts.cavs``).
 * :func:`compute_sae_links`: cosine of the vector with each decoder row of a
-  shipped SAE at its layer (``analysis.saes``); the top latents.
+  shipped SAE at its layer (``analysis.saes.loading``); the top latents.
 
 Footgun: the completion's tokens are those after ``len(tokenize(prompt))``;
 a completion that merges with the prompt's last token across the boundary
@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 
 from analysis.models import LoadedModel
-from analysis.pairs import Pair
-from analysis.steering import SteeringVector, apply
+from analysis.steering.pairs import Pair
+from analysis.steering.vector import SteeringVector, apply
 
 DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 
@@ -134,8 +134,8 @@ def cosine_rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def compute_cav_links(lm: LoadedModel, vector: SteeringVector, *, concepts: Sequence[str] | None = None,
                       method: str = "mean_diff", progress=None) -> CavLinks:
-    """Cosine of v_l with each shipped concept's CAV at every layer (CAVs from ``analysis.cavs``)."""
-    from analysis.cavs import CavConfig, fit_cavs
+    """Cosine of v_l with each shipped concept's CAV at every layer (CAVs from ``analysis.concepts.cavs``)."""
+    from analysis.concepts import CavConfig, fit_cavs
     from analysis.concepts import background_texts, load_concepts
 
     sets = load_concepts()
@@ -176,61 +176,3 @@ def compute_sae_links(lm: LoadedModel, vector: SteeringVector, *, sae_name: str 
 
 
 # ---------------------------------------------------------------- recipes
-
-
-def _vector_from_config(lm, config: dict):
-    from analysis.pairs import load_pair_set
-    from analysis.steering import SteeringConfig, build_steering_vector
-
-    pair_set = load_pair_set(config.get("pairs", "sentiment"))
-    cfg = SteeringConfig(position=config.get("position", "minus2"), score=config.get("score", "paper"),
-                         search_layers=tuple(config["search_layers"]) if config.get("search_layers") else None)
-    vec, search, _ = build_steering_vector(lm, pair_set, cfg, layer=config.get("layer"))
-    return pair_set, vec, search
-
-
-def _search_recipe(lm, config: dict):
-    import pandas as pd
-
-    from analysis.figures.steering import layer_search_figure
-
-    _, vec, search = _vector_from_config(lm, config)
-    frame = pd.DataFrame({"layer": search.layers, "score": search.scores})
-    return layer_search_figure(search, chosen=vec.layers[0]), frame
-
-
-def _sweep_recipe(lm, config: dict):
-    from analysis.figures.steering import alpha_sweep_figure
-
-    pair_set, vec, _ = _vector_from_config(lm, config)
-    sweep = compute_alpha_sweep(lm, vec, pair_set.test, config.get("alphas", DEFAULT_ALPHAS))
-    return alpha_sweep_figure(sweep), sweep.frame()
-
-
-def _cav_recipe(lm, config: dict):
-    import pandas as pd
-
-    from analysis.figures.steering import cav_links_figure
-
-    _, vec, _ = _vector_from_config(lm, config)
-    links = compute_cav_links(lm, vec)
-    frame = pd.DataFrame(links.cosine, index=list(links.concepts), columns=list(links.layers))
-    return cav_links_figure(links, layer=vec.layers[0]), frame.reset_index(names="concept")
-
-
-def _sae_recipe(lm, config: dict):
-    import pandas as pd
-
-    from analysis.figures.steering import sae_links_figure
-
-    _, vec, _ = _vector_from_config(lm, config)
-    links = compute_sae_links(lm, vec, sae_name=config.get("sae"))
-    return sae_links_figure(links), pd.DataFrame({"latent": links.latents, "cosine": links.cosine})
-
-
-RECIPES = {
-    "steering_layer_search": _search_recipe,
-    "steering_alpha_sweep": _sweep_recipe,
-    "steering_cav_links": _cav_recipe,
-    "steering_sae_links": _sae_recipe,
-}

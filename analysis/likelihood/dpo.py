@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from analysis.likelihood import (
+from analysis.likelihood.ches import (
     LikelihoodConfig, LogitsFn, _pairs, encode, lm_logits_fn, pad_right, position_stats,
     prediction_mask, response_stats,
 )

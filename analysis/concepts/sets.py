@@ -7,7 +7,7 @@ shared background set (METHODS §1). Files follow one schema::
     background (concepts only), mentions, words, texts
 
 Shipped sets live in ``assets/concepts``; uploads are written as YAML to
-``workspace_dir()`` (``REPSCOPE_WORKSPACE`` or ``cache_root()/workspace/concepts``)
+``workspace_dir()`` (``workspace_root()/concepts``, see analysis/paths.py)
 so they survive app restarts. YAML is read with ``yaml.safe_load`` only.
 
 Footguns:
@@ -17,14 +17,13 @@ Footguns:
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from analysis.models import ASSETS, cache_root
+from analysis.paths import ASSETS, workspace_root
 
 SHIPPED_DIR = ASSETS / "concepts"
 KINDS = ("concept", "background")
@@ -108,9 +107,8 @@ def check_texts(name: str, texts) -> None:
 
 
 def workspace_dir() -> Path:
-    """Where uploaded concept sets persist (``REPSCOPE_WORKSPACE`` overrides)."""
-    root = os.environ.get("REPSCOPE_WORKSPACE")
-    return Path(root).expanduser() if root else cache_root() / "workspace" / "concepts"
+    """Where uploaded concept sets persist: ``workspace_root()/concepts``."""
+    return workspace_root() / "concepts"
 
 
 def parse_concept_file(path: Path, source: str = "shipped") -> ConceptSet:

@@ -1,7 +1,7 @@
 """Concept alignment for Bias (METHODS §2): cosine Align, per-layer Bias, layer rules,
 concept representations (dense / sae-diff / sae-proj) and the SAE latents they share.
 
-Pure functions on arrays; ``analysis.bias`` runs them on a model.
+Pure functions on arrays; ``analysis.bias.compute`` runs them on a model.
 """
 
 from __future__ import annotations

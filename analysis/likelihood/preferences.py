@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from analysis.models import ASSETS
+from analysis.paths import ASSETS
 from analysis.uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, UploadError, parse_records
 
 LAYOUTS = ("dpo", "conversational")

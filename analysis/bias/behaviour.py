@@ -33,7 +33,7 @@ def load_templates(name: str | None = None) -> tuple[str, ...]:
     """A template set from ``assets/bias/templates.yaml`` (the default set when ``name`` is None)."""
     import yaml
 
-    from analysis.models import ASSETS
+    from analysis.paths import ASSETS
 
     raw = yaml.safe_load((ASSETS / "bias" / "templates.yaml").read_text())
     name = name or raw["default"]
@@ -168,7 +168,7 @@ class BehaviourConfig:
     bias: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
-        from analysis.bias import load_presets
+        from analysis.bias.compute import load_presets
 
         known = load_presets()
         bad = [p for p in self.presets if p not in known]
@@ -240,7 +240,7 @@ def compute_behaviour(lm, config: BehaviourConfig, progress=None, *, results: di
 
     ``results``: already computed ``BiasResult`` per preset name, reused when given.
     """
-    from analysis.bias import compute_bias, load_presets, preset_config
+    from analysis.bias.compute import compute_bias, load_presets, preset_config
 
     presets = load_presets()
     rows = []

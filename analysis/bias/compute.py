@@ -8,7 +8,7 @@ takes |Bias| per layer before the summary.
 
 Representations (``REPRESENTATIONS``, chosen by name):
 
-* ``dense``: the CAV (``analysis.cavs``; ``cav_method`` logistic or mean_diff);
+* ``dense``: the CAV (``analysis.concepts.cavs``; ``cav_method`` logistic or mean_diff);
 * ``sae-diff``: mean SAE code of the positives − mean code of the background,
   top-k latents by magnitude kept (others zero);
 * ``sae-proj``: cosine of the CAV with every SAE decoder row, top-k kept.
@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 from jaxtyping import Bool, Float
 
-from analysis.alignment import (
+from analysis.bias.alignment import (
     LAYER_RULES,
     NEEDS_SAE,
     REPRESENTATIONS,
@@ -221,7 +221,7 @@ def bias_from_arrays(
 
     ``vectors``/``accuracy`` are indexed by ``config.concepts`` (targets, ref1, ref2).
     """
-    from analysis.bias_resampling import bootstrap_draws, mean_diff, null_draws
+    from analysis.bias.resampling import bootstrap_draws, mean_diff, null_draws
 
     names, layers = config.concepts, [int(l) for l in layers]
     n_l = len(layers)
@@ -299,12 +299,8 @@ def bias_from_arrays(
 
 def sae_view(lm, layer: int | None = None) -> SaeView | None:
     """The first shipped SAE for ``lm`` (``analysis.saes``) as a :class:`SaeView`; None if none is shipped."""
-    try:
-        from analysis import saes
-    except ModuleNotFoundError as err:
-        if err.name != "analysis.saes":
-            raise
-        return None
+    from analysis import saes
+
     names = saes.shipped_for(lm.name, layer) or (saes.shipped_for(lm.spec.hf_id, layer) if lm.spec else [])
     if not names:
         return None
@@ -317,12 +313,12 @@ def sae_view(lm, layer: int | None = None) -> SaeView | None:
 
 
 def compute_bias(lm, config: BiasConfig, progress: Progress | None = None) -> BiasResult:
-    """Extract activations (disk-cached), fit CAVs (``analysis.cavs``), then :func:`bias_from_arrays`.
+    """Extract activations (disk-cached), fit CAVs (``analysis.concepts.cavs``), then :func:`bias_from_arrays`.
 
     Every layer is used; texts are the first ``max_texts`` of each concept and the
     first ``max_background`` background texts.
     """
-    from analysis.cavs import CavConfig, fit_cavs_arrays, stacked_activations
+    from analysis.concepts import CavConfig, fit_cavs_arrays, stacked_activations
     from analysis.concepts import background_texts, load_concepts
 
     report = progress or (lambda f, msg: None)
@@ -370,7 +366,7 @@ def load_presets() -> dict[str, Preset]:
     """The presets in ``assets/bias/presets.yaml``."""
     import yaml
 
-    from analysis.models import ASSETS
+    from analysis.paths import ASSETS
 
     raw = yaml.safe_load((ASSETS / "bias" / "presets.yaml").read_text())["presets"]
     return {k: Preset(name=k, title=v["title"], description=v["description"], targets=tuple(v["targets"]),
@@ -413,28 +409,3 @@ def layer_frame(result: BiasResult):
                 "acc_ref2": result.accuracy[idx[result.refs[1]], li],
             })
     return pd.DataFrame(rows)
-
-
-def _heatmap_recipe(lm, config: dict):
-    from analysis.figures.bias import heatmap_figure
-
-    result = compute_bias(lm, BiasConfig.from_dict(config))
-    return heatmap_figure(result), layer_frame(result)
-
-
-def _summary_recipe(lm, config: dict):
-    from analysis.figures.bias import summary_figure
-
-    result = compute_bias(lm, BiasConfig.from_dict(config))
-    return summary_figure(result), summary_frame(result)
-
-
-def _behaviour_recipe(lm, config: dict):
-    from analysis.bias_behaviour import BehaviourConfig, compute_behaviour
-    from analysis.figures.bias import behaviour_figure
-
-    data = compute_behaviour(lm, BehaviourConfig.from_dict(config))
-    return behaviour_figure(data), data.to_frame()
-
-
-RECIPES = {"bias_heatmap": _heatmap_recipe, "bias_summary": _summary_recipe, "bias_behaviour": _behaviour_recipe}

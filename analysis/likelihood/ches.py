@@ -36,7 +36,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from analysis.models import LoadedModel
-from analysis.preferences import PreferenceData, PreferencePair
+from analysis.likelihood.preferences import PreferenceData, PreferencePair
 
 H_FINAL_HOOK = "unembed.hook_in"
 LogitsFn = Callable[[Tensor, Tensor], Tensor]
@@ -323,50 +323,3 @@ def percentile_cut(scores, pct: float) -> float:
 
 
 # ---------------------------------------------------------------- recipes
-
-def _recipe_data(lm, config: dict) -> PreferenceData:
-    from pathlib import Path
-
-    from analysis.preferences import load_preferences, load_shipped, shipped_sets
-
-    source = config.get("source", "displacement_demo")
-    if source in shipped_sets():
-        return load_shipped(source, lm.tokenizer)
-    return load_preferences(Path(source), lm.tokenizer)
-
-
-def _ches_recipe(kind: str):
-    def build(lm, config: dict):
-        from analysis.figures.likelihood import ches_histogram_figure, ches_similarity_figure
-
-        data = _recipe_data(lm, config)
-        frame = rank_pairs(lm, data, LikelihoodConfig(top_k=int(config.get("top_k", 10))))
-        score = config.get("score", "ches")
-        if kind == "ches_histogram":
-            return ches_histogram_figure(frame, score=score), frame
-        return ches_similarity_figure(frame, score=score, similarity=config.get("similarity", "token_jaccard")), frame
-    return build
-
-
-def _dpo_recipe(kind: str):
-    def build(lm, config: dict):
-        from analysis.dpo import DPOConfig, history_frame, run_dpo
-        from analysis.figures.likelihood import dpo_curves_figure, dpo_indicators_figure
-
-        data = _recipe_data(lm, config)
-        fields = {k: v for k, v in config.items() if k in DPOConfig.__dataclass_fields__}
-        if "watch_tokens" in fields:
-            fields["watch_tokens"] = tuple(fields["watch_tokens"])
-        result = run_dpo(lm, data, DPOConfig(**fields))
-        frame = history_frame(result)
-        fig = dpo_curves_figure(frame) if kind == "dpo_curves" else dpo_indicators_figure(frame)
-        return fig, frame
-    return build
-
-
-RECIPES = {
-    "ches_histogram": _ches_recipe("ches_histogram"),
-    "ches_vs_similarity": _ches_recipe("ches_vs_similarity"),
-    "dpo_curves": _dpo_recipe("dpo_curves"),
-    "dpo_indicators": _dpo_recipe("dpo_indicators"),
-}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from analysis.models import ASSETS
+from analysis.paths import ASSETS
 from analysis.uploads import UploadError, parse_records
 
 STEERING_DIR = ASSETS / "steering"

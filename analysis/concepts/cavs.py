@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from analysis.activations import extract, resid_hooks
-from analysis.concepts import DEFAULT_BACKGROUND, ConceptSet, check_name
+from analysis.concepts.sets import DEFAULT_BACKGROUND, ConceptSet, check_name
 from analysis.recipes import check_config_keys
 
 POOLINGS = ("last", "mean")
@@ -404,28 +404,6 @@ def similarity_frame(result: CavResult, layer: int):
 
 def fit_from_config(lm, config: CavConfig, progress: Progress | None = None) -> CavResult:
     """Load the named concepts and background (shipped + workspace) and fit."""
-    from analysis.concepts import background_texts, load_concepts
+    from analysis.concepts.sets import background_texts, load_concepts
 
     return fit_cavs(lm, load_concepts(), background_texts(config.background), config, progress)
-
-
-def _accuracy_recipe(lm, config: dict):
-    from analysis.figures.concepts import accuracy_figure
-
-    result = fit_from_config(lm, CavConfig.from_dict(config))
-    return accuracy_figure(result), accuracy_frame(result)
-
-
-def _similarity_recipe(lm, config: dict):
-    from analysis.figures.concepts import similarity_figure
-
-    config = dict(config)
-    if "layer" not in config:
-        raise ValueError("cav_similarity recipe needs a 'layer'")
-    layer = int(config.pop("layer"))
-    result = fit_from_config(lm, CavConfig.from_dict(config))
-    frame = similarity_frame(result, layer)
-    return similarity_figure(frame.to_numpy(), result.concepts, layer), frame.reset_index(names="concept")
-
-
-RECIPES = {"cav_accuracy": _accuracy_recipe, "cav_similarity": _similarity_recipe}

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.figures.theme import apply_theme
-from analysis.inspection import PromptInspection, check_layer_head, display_token
+from analysis.inspection.lens import PromptInspection, check_layer_head, display_token
 
 MAX_CELL_TEXT_TOKENS = 40  # beyond this many positions, top-1 tokens go to hover only
 

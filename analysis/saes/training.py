@@ -36,7 +36,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analysis.activations import extract, resid_hook
-from analysis.models import ASSETS, LoadedModel
+from analysis.models import LoadedModel
+from analysis.paths import ASSETS
 
 SAES_DIR = ASSETS / "saes"
 CHECK_TEXTS = 12
@@ -319,7 +320,7 @@ def build_sae(state: dict[str, Tensor], k: int, hook_name: str, model_name: str,
 def train_and_save(lm: LoadedModel, cfg: SAETrainConfig, out_dir: Path,
                    progress: Callable[[str], None] = print) -> dict:
     """The whole ``repscope train-sae`` run; returns the quality dict also written to disk."""
-    from analysis.sae_quality import measure_quality
+    from analysis.saes.quality import measure_quality
 
     if cfg.layer >= lm.n_layers:
         raise ValueError(f"layer {cfg.layer} is out of range: {lm.name} has layers 0..{lm.n_layers - 1}")

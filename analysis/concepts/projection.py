@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from jaxtyping import Float
 
-from analysis.concepts import DEFAULT_BACKGROUND, check_name
+from analysis.concepts.sets import DEFAULT_BACKGROUND, check_name
 from analysis.recipes import check_config_keys
 
 METHODS = ("pca", "umap")
@@ -86,7 +86,7 @@ class ProjectionData:
 
 def compute_projection(lm, concept_sets: dict, background: tuple[str, ...], config: ProjectionConfig) -> ProjectionData:
     """Activations of each concept's texts and the background at one layer, projected jointly."""
-    from analysis.cavs import resolve_layers, stacked_activations
+    from analysis.concepts.cavs import resolve_layers, stacked_activations
 
     resolve_layers(lm, [config.layer])
     missing = [c for c in config.concepts if c not in concept_sets]
@@ -109,17 +109,3 @@ def projection_frame(data: ProjectionData):
     import pandas as pd
 
     return pd.DataFrame({"label": data.labels, "text": data.texts, "x": data.coords[:, 0], "y": data.coords[:, 1]})
-
-
-def _projection_recipe(lm, config: dict):
-    from analysis.concepts import background_texts, load_concepts
-    from analysis.figures.concepts import projection_figure
-
-    cfg = ProjectionConfig.from_dict(config)
-    data = compute_projection(lm, load_concepts(), background_texts(cfg.background), cfg)
-    fig = projection_figure(data.coords, data.labels, method=data.method, layer=data.layer,
-                            texts=data.texts, background_label=cfg.background)
-    return fig, projection_frame(data)
-
-
-RECIPES = {"concept_projection": _projection_recipe}

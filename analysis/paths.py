@@ -1,0 +1,41 @@
+"""Where RepScope reads shipped assets and writes caches and the user's workspace.
+
+* ``ASSETS``: the shipped concept sets, pair sets, preference sets and SAEs.
+  Read-only for every command. In a checkout (or an editable install) it is
+  the repository's ``assets/`` folder; in a wheel install it is the
+  ``repscope_assets`` package that the wheel carries.
+* ``cache_root()``: converted weights and activation caches
+  (``REPSCOPE_CACHE``, default ``~/.cache/repscope``); never inside the repo.
+* ``workspace_root()``: what the user saves (uploaded concepts, steering
+  vectors, DPO checkpoints, trained SAEs): ``REPSCOPE_WORKSPACE``, default
+  ``cache_root()/workspace``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _assets_dir() -> Path:
+    checkout = Path(__file__).resolve().parent.parent / "assets"
+    if (checkout / "models.yaml").is_file():
+        return checkout
+    import repscope_assets  # the wheel's copy of assets/ (see pyproject.toml)
+
+    return Path(repscope_assets.__file__).resolve().parent
+
+
+ASSETS = _assets_dir()
+
+
+def cache_root() -> Path:
+    """Converted weights and activation caches (``REPSCOPE_CACHE`` overrides ``~/.cache/repscope``)."""
+    root = os.environ.get("REPSCOPE_CACHE") or str(Path.home() / ".cache" / "repscope")
+    return Path(root).expanduser()
+
+
+def workspace_root() -> Path:
+    """The user's saved work (``REPSCOPE_WORKSPACE`` overrides ``cache_root()/workspace``)."""
+    root = os.environ.get("REPSCOPE_WORKSPACE")
+    return Path(root).expanduser() if root else cache_root() / "workspace"
