@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -21,9 +22,11 @@ def _assets_dir() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "assets"
     if (checkout / "models.yaml").is_file():
         return checkout
-    import repscope_assets  # the wheel's copy of assets/ (see pyproject.toml)
-
-    return Path(repscope_assets.__file__).resolve().parent
+    # The wheel's copy of assets/ (setup.py): a data-only namespace package, so no __file__.
+    spec = importlib.util.find_spec("repscope_assets")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("RepScope's shipped assets are missing: neither ./assets nor the repscope_assets package")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
 ASSETS = _assets_dir()

@@ -11,6 +11,8 @@ if str(ROOT) not in sys.path:  # `streamlit run app/main.py` from a checkout
 
 import streamlit as st  # noqa: E402
 
+from app.paths import PAGES_DIR  # noqa: E402
+
 st.set_page_config(page_title="RepScope", page_icon=":material/biotech:", layout="wide")
 
 # (file, title, icon); a page appears once its file exists.
@@ -24,9 +26,9 @@ PAGES = [
 ]
 
 pages = [
-    st.Page(str(ROOT / "pages" / file), title=title, icon=icon, default=(file == "home.py"))
+    st.Page(str(PAGES_DIR / file), title=title, icon=icon, default=(file == "home.py"))
     for file, title, icon in PAGES
-    if (ROOT / "pages" / file).exists()
+    if (PAGES_DIR / file).exists()
 ]
 page = st.navigation(pages)
 # Every page shows the current model and, for Gemma models, the terms notice.

@@ -7,7 +7,6 @@ Nothing here loads a model except :func:`switch_model` (through ``app.state``).
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
@@ -15,10 +14,8 @@ from streamlit.errors import StreamlitAPIException
 from analysis.gguf_convert import GEMMA_NOTICE, gemma_terms_path
 from analysis.models import CATALOGUE, LoadedModel, ModelSpec
 from app import state
+from app.paths import MAIN_SCRIPT, PAGES_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-MAIN_SCRIPT = ROOT / "app" / "main.py"
-PAGES_DIR = ROOT / "pages"
 
 
 # ---------------------------------------------------------------- pages

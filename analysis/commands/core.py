@@ -9,7 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+
+
+def _app_main() -> Path:
+    """app/main.py of this install, found without importing the app (analysis never imports it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("app")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the RepScope app package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "main.py"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -64,11 +73,11 @@ def _app(args) -> int:
     if args.model:
         env["REPSCOPE_MODEL"] = args.model
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+        sys.executable, "-m", "streamlit", "run", str(_app_main()),
         "--server.address", args.address, "--server.port", str(args.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
     ]
-    return subprocess.call(cmd, env=env, cwd=str(ROOT))
+    return subprocess.call(cmd, env=env, cwd=str(_app_main().parent.parent))
 
 
 def _figure(args) -> int:
