@@ -29,15 +29,20 @@ setup: $(STAMP) system-deps
 app: setup
 	$(BIN)/repscope app --port $(PORT)
 
+# Random test order (pytest-randomly): the seed is printed first; rerun an order with
+# `make test SEED=<seed>`. Import-layer contracts (import-linter) run before the tests.
+SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	@echo "test order seed: $(SEED) (make test SEED=$(SEED) repeats this order)"
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p randomly --randomly-seed=$(SEED) --durations=15
 
 # Unit tests only (tiny models): seconds, not minutes.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not real_model and not browser"
+	$(BIN)/python -m pytest -q -p randomly -m "not real_model and not browser"
 
 bench: setup
 	$(BIN)/python -m bench
 
 clean-cache:
-	rm -rf $${REPSCOPE_CACHE:-$$HOME/.cache/repscope}/activations
+	rm -rf $${REPSCOPE_ACTIVATION_CACHE:-$${REPSCOPE_CACHE:-$$HOME/.cache/repscope}/activations}

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 
 from analysis.models import LoadedModel
-from analysis.paths import cache_root
+from analysis.paths import activation_cache_dir
 
 Pooling = Literal["last", "mean", "all"]
 POOLINGS = ("last", "mean", "all")
@@ -131,7 +131,7 @@ def _cache_key(lm: LoadedModel, texts: list[str], hook_names: list[str], pooling
 
 
 def _cache_path(key: str) -> Path:
-    return cache_root() / "activations" / f"{key}.safetensors"
+    return activation_cache_dir() / f"{key}.safetensors"
 
 
 def _load_cached(path: Path, hook_names: list[str], pooling: str) -> ActivationSet | None:

@@ -6,6 +6,7 @@
   ``repscope_assets`` package that the wheel carries.
 * ``cache_root()``: converted weights and activation caches
   (``REPSCOPE_CACHE``, default ``~/.cache/repscope``); never inside the repo.
+  ``activation_cache_dir()`` can be moved on its own (``REPSCOPE_ACTIVATION_CACHE``).
 * ``workspace_root()``: what the user saves (uploaded concepts, steering
   vectors, DPO checkpoints, trained SAEs): ``REPSCOPE_WORKSPACE``, default
   ``cache_root()/workspace``.
@@ -36,6 +37,16 @@ def cache_root() -> Path:
     """Converted weights and activation caches (``REPSCOPE_CACHE`` overrides ``~/.cache/repscope``)."""
     root = os.environ.get("REPSCOPE_CACHE") or str(Path.home() / ".cache" / "repscope")
     return Path(root).expanduser()
+
+
+def activation_cache_dir() -> Path:
+    """Disk cache of extracted activations (``REPSCOPE_ACTIVATION_CACHE`` overrides ``cache_root()/activations``).
+
+    Separate from the converted weights so that a test (or a user) can start
+    from a cold activation cache while keeping the expensive converted model.
+    """
+    root = os.environ.get("REPSCOPE_ACTIVATION_CACHE")
+    return Path(root).expanduser() if root else cache_root() / "activations"
 
 
 def workspace_root() -> Path:

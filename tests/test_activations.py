@@ -114,3 +114,24 @@ def test_last_layer_without_unembedding_equals_full_run(tiny_bridge_lm):
     lm.assert_clean()
     with torch.no_grad():
         assert torch.equal(lm.model(ids, attention_mask=mask), logits_before)
+
+
+@pytest.mark.real_model
+def test_real_model_cold_then_warm_activation_cache(real_lm, tmp_path, monkeypatch):
+    """A cold activation cache (fresh folder; the converted weights are shared) fills on the first
+    call; the second call reads the file and runs no forward pass (a counting hook proves it)."""
+    monkeypatch.setenv("REPSCOPE_ACTIVATION_CACHE", str(tmp_path / "acts"))
+    texts = ["The cache starts cold.", "Then it is warm."]
+    names = resid_hooks(real_lm, [3])
+    calls = []
+    handle = real_lm.model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        cold = extract(real_lm, texts, names)
+        n_cold = len(calls)
+        files = list((tmp_path / "acts").glob("*.safetensors"))
+        warm = extract(real_lm, texts, names)
+    finally:
+        handle.remove()
+    assert n_cold >= 1 and len(files) == 1
+    assert len(calls) == n_cold, "the warm call ran the model"
+    np.testing.assert_array_equal(cold.values[names[0]], warm.values[names[0]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from browser_wait import rerun, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -44,11 +45,7 @@ CONCEPT = "weather_talk"
 
 def _wait_for_app(page, timeout: int = MODEL_LOAD_MS) -> None:
     """The Streamlit frame is up and no script run is in progress."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-    # A rerun starts a moment after the widget change that asks for it: let it start, then wait it out.
-    page.wait_for_timeout(500)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout)
+    wait_idle(page, timeout)
 
 
 def _shows(page, key: str, text: str, timeout: int = 30_000) -> None:
@@ -78,9 +75,11 @@ def _open(app_server, page, path: str, heading: str) -> None:
 def _set_number(page, key: str, value: int) -> None:
     page.locator(f".st-key-{key}").scroll_into_view_if_needed()
     field = page.locator(f".st-key-{key} input")
-    field.fill(str(value))
-    field.press("Enter")
-    _wait_for_app(page)
+    if field.input_value() == str(value):
+        return
+    with rerun(page):
+        field.fill(str(value))
+        field.press("Enter")
     assert field.input_value() == str(value)
 
 
@@ -96,10 +95,11 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
     concept_file = tmp_path / f"{CONCEPT}.txt"
     concept_file.write_text("\n".join(WEATHER) + "\n")
     _expand(page, "Upload or remove your own concept sets")
-    page.locator('.st-key-concepts_upload input[type="file"]').set_input_files(str(concept_file))
+    with rerun(page):
+        page.locator('.st-key-concepts_upload input[type="file"]').set_input_files(str(concept_file))
     page.locator('[data-testid="stFileChip"]').filter(has_text=concept_file.name).wait_for(timeout=30_000)
-    _wait_for_app(page)
-    page.locator(".st-key-concepts_save button").click()
+    with rerun(page):
+        page.locator(".st-key-concepts_save button").click()
     page.locator('[data-testid="stAlertContentSuccess"]').filter(
         has_text=f"Saved {CONCEPT} ({len(WEATHER)} texts)").wait_for(timeout=60_000)
     _wait_for_app(page)
@@ -108,12 +108,13 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
 
     # Concepts: drop the default negative_sentiment (last chip), add ours -> positive_sentiment + weather_talk.
     pick = page.locator(".st-key-concepts_pick")
-    pick.locator("input").click()
-    pick.locator("input").press("Backspace")
-    _wait_for_app(page)
+    with rerun(page):
+        pick.locator("input").click()
+        pick.locator("input").press("Backspace")
     pick.locator("input").click()
     pick.locator("input").fill("weather")
-    page.get_by_role("option", name=f"{CONCEPT} ({len(WEATHER)}, yours)").click()
+    with rerun(page):
+        page.get_by_role("option", name=f"{CONCEPT} ({len(WEATHER)}, yours)").click()
     page.keyboard.press("Escape")
     _wait_for_app(page)
     shown = pick.inner_text()
@@ -124,12 +125,14 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
     page.locator(".st-key-concepts_layers").scroll_into_view_if_needed()
     thumbs = page.locator('.st-key-concepts_layers input[type="range"]')
     top = int(thumbs.nth(1).input_value())
-    thumbs.nth(1).focus()
-    for _ in range(top - 8):
-        page.keyboard.press("ArrowLeft")
-    thumbs.nth(0).focus()
-    for _ in range(4):
-        page.keyboard.press("ArrowRight")
+    with rerun(page):
+        thumbs.nth(1).focus()
+        for _ in range(top - 8):
+            page.keyboard.press("ArrowLeft")
+        thumbs.nth(0).focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")
+        thumbs.nth(0).blur()
     _wait_for_app(page)
     assert [thumbs.nth(i).input_value() for i in (0, 1)] == ["4", "8"]
 
@@ -139,7 +142,8 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
 
     t_run = time.perf_counter()
     page.locator(".st-key-concepts_run").scroll_into_view_if_needed()
-    page.locator(".st-key-concepts_run button").click()
+    with rerun(page, RUN_MS):
+        page.locator(".st-key-concepts_run button").click()
     figure = page.locator(".js-plotly-plot").filter(has_text="CAV held-out accuracy by layer")
     figure.wait_for(timeout=RUN_MS)
     t_fig = time.perf_counter()
@@ -170,7 +174,8 @@ def test_bias_compute_heatmap_and_pdf_download(app_server, page, screenshots, tm
 
     t_run = time.perf_counter()
     page.locator(".st-key-bias_run").scroll_into_view_if_needed()
-    page.locator(".st-key-bias_run button").click()
+    with rerun(page, RUN_MS):
+        page.locator(".st-key-bias_run button").click()
     heatmap = page.locator(".js-plotly-plot").filter(has_text="Bias per layer")
     heatmap.wait_for(timeout=RUN_MS)
     _wait_for_app(page, RUN_MS)

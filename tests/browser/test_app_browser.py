@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from browser_wait import rerun, wait_idle
 
 from analysis.gguf_convert import GEMMA_NOTICE
 
@@ -22,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _wait_for_app(page) -> None:
     """The Streamlit frame is up and no script run is in progress."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=MODEL_LOAD_MS)
+    wait_idle(page, MODEL_LOAD_MS)
 
 
 def _no_exceptions(page) -> None:
@@ -61,15 +61,16 @@ def test_home_bad_model_name_shows_error_and_keeps_model(app_server, page):
     page.locator('[data-testid="stMetric"]').filter(has_text="Layers").wait_for(timeout=MODEL_LOAD_MS)
     _wait_for_app(page)
     field = page.get_by_role("textbox", name="…or any TransformerLens", exact=False)
-    field.fill("no-such-org/no-such-model")
-    field.press("Enter")
-    page.get_by_role("button", name="Load").click()
+    with rerun(page):
+        field.fill("no-such-org/no-such-model")
+        field.press("Enter")
+    with rerun(page, MODEL_LOAD_MS):
+        page.get_by_role("button", name="Load").click()
     error = page.locator('[data-testid="stAlertContentError"]')
     error.first.wait_for(timeout=60_000)
     assert "no-such-org/no-such-model" in error.first.inner_text()
-    _wait_for_app(page)
-    assert page.get_by_text("Kept the previous model").is_visible()
-    assert page.locator('[data-testid="stMetric"]').filter(has_text="Layers").is_visible()
+    page.get_by_text("Kept the previous model").wait_for(state="visible", timeout=60_000)
+    page.locator('[data-testid="stMetric"]').filter(has_text="Layers").wait_for(state="visible", timeout=60_000)
     _no_exceptions(page)
 
 
@@ -89,9 +90,10 @@ def _open_live_inspection(app_server, page) -> None:
 
 
 def _upload(page, name: str, data: bytes, mime: str = "text/plain") -> None:
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
-        files=[{"name": name, "mimeType": mime, "buffer": data}]
-    )
+    with rerun(page):
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+            files=[{"name": name, "mimeType": mime, "buffer": data}]
+        )
     page.locator('[data-testid="stFileChip"]').filter(has_text=name).wait_for(timeout=30_000)
 
 
@@ -102,7 +104,8 @@ def _norms_heatmap(page):
 def test_live_inspection_upload_heatmap_and_svg_download(app_server, page, screenshots, tmp_path):
     _open_live_inspection(app_server, page)
     _upload(page, "prompts.txt", PROMPTS_TXT)
-    page.get_by_role("button", name="Run inspection").click()
+    with rerun(page, MODEL_LOAD_MS):
+        page.get_by_role("button", name="Run inspection").click()
     heatmap = _norms_heatmap(page)
     heatmap.wait_for(timeout=MODEL_LOAD_MS)
     _wait_for_app(page)
@@ -132,15 +135,18 @@ def test_live_inspection_upload_heatmap_and_svg_download(app_server, page, scree
 def test_live_inspection_binary_upload_shows_error_then_works(app_server, page):
     _open_live_inspection(app_server, page)
     _upload(page, "garbage.txt", bytes(range(256)) * 8)
-    page.get_by_role("button", name="Run inspection").click()
+    with rerun(page):
+        page.get_by_role("button", name="Run inspection").click()
     error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="garbage.txt")
     error.first.wait_for(timeout=60_000)
     _wait_for_app(page)
     _no_exceptions(page)
     # Still usable: replace the file with a good one and run again.
-    page.locator('[data-testid="stFileChipDeleteBtn"] button').first.click()
+    with rerun(page):
+        page.locator('[data-testid="stFileChipDeleteBtn"] button').first.click()
     _upload(page, "prompts.txt", PROMPTS_TXT)
-    page.get_by_role("button", name="Run inspection").click()
+    with rerun(page, MODEL_LOAD_MS):
+        page.get_by_role("button", name="Run inspection").click()
     _norms_heatmap(page).wait_for(timeout=MODEL_LOAD_MS)
     _wait_for_app(page)
     assert page.locator('[data-testid="stAlertContentError"]').filter(has_text="garbage.txt").count() == 0

@@ -1,0 +1,71 @@
+"""Waiting for Streamlit without fixed sleeps.
+
+Streamlit marks its root element with ``data-test-script-state``
+(``initial``, ``running``, ``notRunning``, ...). A MutationObserver counts
+the transitions into ``running``, so a test can wait for *the run its own
+action caused* to finish, instead of sleeping and hoping the rerun started.
+
+    with rerun(page):
+        page.get_by_role("button", name="Compute").click()
+    # here the rerun caused by the click has finished
+
+``wait_idle(page)`` waits for the current run (e.g. the first load after
+``page.goto``) to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+APP = '[data-testid="stApp"]'
+DEFAULT_MS = 300_000
+
+_INSTALL = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app) return -1;
+    if (window.__rsApp !== app) {
+        window.__rsApp = app;
+        window.__rsRuns = window.__rsRuns || 0;
+        if (app.getAttribute('data-test-script-state') === 'running') window.__rsRuns += 1;
+        new MutationObserver(() => {
+            if (app.getAttribute('data-test-script-state') === 'running') window.__rsRuns += 1;
+        }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+    }
+    return window.__rsRuns;
+}"""
+
+_DONE = """([before]) => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    return !!app && window.__rsRuns > before && app.getAttribute('data-test-script-state') === 'notRunning';
+}"""
+
+_IDLE = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app) return false;
+    const state = app.getAttribute('data-test-script-state');
+    return state === 'notRunning' && !document.querySelector('[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]');
+}"""
+
+
+def _install(page) -> int:
+    page.wait_for_selector(APP, timeout=60_000)
+    return int(page.evaluate(_INSTALL))
+
+
+@contextlib.contextmanager
+def rerun(page, timeout: int = DEFAULT_MS):
+    """Wait, after the body, until a run started after entering the block has finished."""
+    before = _install(page)
+    yield
+    page.wait_for_function(_DONE, arg=[before], timeout=timeout, polling=100)
+
+
+def wait_idle(page, timeout: int = DEFAULT_MS) -> None:
+    """The app is up and no script run is in progress (the first run after a load included)."""
+    page.wait_for_selector(APP, timeout=60_000)
+    page.wait_for_function("""() => {
+        const app = document.querySelector('[data-testid="stApp"]');
+        return !!app && app.getAttribute('data-test-script-state') !== 'initial';
+    }""", timeout=timeout, polling=100)
+    _install(page)
+    page.wait_for_function(_IDLE, timeout=timeout, polling=100)
