@@ -31,7 +31,9 @@ app: setup
 
 # Random test order (pytest-randomly): the seed is printed first; rerun an order with
 # `make test SEED=<seed>`. Import-layer contracts (import-linter) run before the tests.
-SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+ifndef SEED
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 test: setup
 	@echo "test order seed: $(SEED) (make test SEED=$(SEED) repeats this order)"
 	$(BIN)/lint-imports
