@@ -16,8 +16,10 @@ from analysis.concepts.sets import (
 from analysis.concepts.figures import accuracy_figure, projection_figure, similarity_figure
 from analysis.concepts.projection import METHODS as PROJECTIONS
 from analysis.concepts.projection import ProjectionConfig, compute_projection, projection_frame
+from analysis.progress import Stopped
 from analysis.recipes import make_recipe
 from analysis.uploads import UploadError, parse_concept_upload
+from app import jobs
 from app.figures import render_figure
 from app.state import get, put, require_model
 
@@ -29,13 +31,10 @@ def _sets_key(sets: dict, names) -> tuple:
     return tuple((n, hashlib.sha256("\n".join(sets[n].texts).encode()).hexdigest()) for n in names)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _fit(_lm, model_name: str, config: CavConfig, sets_key: tuple):
-    # The bar is created in here: a cached function may not write to blocks made outside it.
-    bar = st.progress(0.0, text="Extracting activations ...")
-    result = fit_from_config(_lm, config, lambda f, m: bar.progress(min(f, 1.0), text=m))
-    bar.empty()
-    return result
+def _fit(lm, config: CavConfig, sets_key: tuple):
+    # A worker thread computes; this script draws the bar (app/jobs.py: nothing replays from a cache).
+    return jobs.run(("cavs", lm.name, config, sets_key), lambda progress: fit_from_config(lm, config, progress),
+                    "Fitting CAVs", stop_key="concepts_stop")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -112,7 +111,11 @@ def main() -> None:
             st.stop()
         put("cav_config", config)
         try:
-            _fit(lm, lm.name, config, _sets_key(sets, (*chosen, background)))
+            _fit(lm, config, _sets_key(sets, (*chosen, background)))
+        except Stopped:
+            put("cav_config", None)
+            st.info("Stopped before the fit finished; press Run to start again.")
+            st.stop()
         except ValueError as err:
             put("cav_config", None)
             st.error(str(err))
@@ -122,7 +125,12 @@ def main() -> None:
     if config is None or any(n not in sets for n in (*config.concepts, config.background)):
         st.info("Pick concepts and press Run.")
         return
-    result = _fit(lm, lm.name, config, _sets_key(sets, (*config.concepts, config.background)))
+    try:
+        result = _fit(lm, config, _sets_key(sets, (*config.concepts, config.background)))
+    except Stopped:
+        put("cav_config", None)
+        st.info("Stopped before the fit finished; press Run to start again.")
+        return
     recipe = make_recipe("cav_accuracy", lm.name, config.to_dict())
     render_figure(accuracy_figure(result), data=accuracy_frame(result), recipe=recipe,
                   key="cav_accuracy", filename="cav_accuracy")
