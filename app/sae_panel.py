@@ -14,6 +14,7 @@ import streamlit as st
 
 from analysis.models import LoadedModel
 from analysis.recipes import make_recipe
+from analysis.saes.recipes import ConceptLatentsConfig, LatentCardConfig
 from app.figures import render_figure
 from app.state import get_sae
 
@@ -116,7 +117,7 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         neg_texts = tuple(background_texts(cs.background))
         neg_codes = _codes(lm, loaded, lm.fingerprint, sae_key, neg_texts)
     data = compute_concept_latents(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept, pooling)
-    config = {"sae": source, "concept": concept, "pooling": pooling, "top": top}
+    config = ConceptLatentsConfig(sae=source, concept=concept, pooling=pooling, top=top).to_dict() if source else None
     recipe = (lambda kind: make_recipe(kind, lm.name, config)) if source else (lambda kind: None)
     render_figure(concept_latents_figure(data, top), data=data.frame(top), recipe=recipe("sae_concept_latents"),
                   key=f"{key}-latents", filename=f"sae-latents-{concept}")
@@ -134,7 +135,7 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         card = compute_latent_card(lm, loaded, latent, list(card_texts), codes=codes)
     st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(card_texts)} texts).")
     st.dataframe(card.top_texts, hide_index=True, width="stretch")
-    card_config = {"sae": source, "latent": latent, "concepts": names}
+    card_config = LatentCardConfig(sae=source, latent=latent, concepts=tuple(names)).to_dict() if source else None
     card_recipe = (lambda kind: make_recipe(kind, lm.name, card_config)) if source else (lambda kind: None)
     cols = st.columns(2)
     with cols[0]:

@@ -39,10 +39,15 @@ def _info(args) -> int:
 def _probe(args) -> int:
     from analysis.commands.core import write_figure
     from analysis.recipes import make_recipe
-    from analysis.saes.recipes import probe_recipe
+    from analysis.saes.recipes import ConceptLatentsConfig, probe_recipe
 
+    try:
+        config = ConceptLatentsConfig(sae=args.sae, concept=args.concept, pooling=args.pooling,
+                                      top=args.top).to_dict()
+    except ValueError as err:
+        print(f"repscope sae-probe: {err}", file=sys.stderr)
+        return 2
     lm = load_from_args(args)
-    config = {"sae": args.sae, "concept": args.concept, "pooling": args.pooling, "top": args.top}
     fig, frame = probe_recipe(lm, config)
     recipe = make_recipe("sae_probe_accuracy", lm.name, config)
     if args.out:
