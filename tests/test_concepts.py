@@ -77,11 +77,12 @@ def test_not_yaml_mapping_and_broken_yaml(tmp_path):
         cs.parse_concept_file(tmp_path / "broken.yaml")
 
 
-def test_unknown_background_rejected(workspace):
+def test_unknown_background_skips_that_workspace_file_with_a_warning(workspace):
     workspace.mkdir(parents=True)
     _write(workspace, "orphan", background="no_such_background")
-    with pytest.raises(ValueError, match="unknown background 'no_such_background'.*background"):
-        cs.load_concepts()
+    with pytest.warns(cs.WorkspaceWarning, match=r"orphan\.yaml: unknown background 'no_such_background'"):
+        concepts = cs.load_concepts()
+    assert "orphan" not in concepts and "positive_sentiment" in concepts
 
 
 def test_workspace_round_trip(workspace):

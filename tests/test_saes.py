@@ -82,7 +82,7 @@ def test_upload_rejects_garbage_pickles_and_bad_shapes(tmp_path):
 
     st = _hand_state()
     cfg, w = _save(build_sae(st, 2, "blocks.0.hook_resid_post", "tiny"), tmp_path / "s")
-    with pytest.raises(SAELoadError, match="not valid UTF-8 JSON"):
+    with pytest.raises(SAELoadError, match="not valid JSON"):
         load_sae_upload(b"{not json", w)
     with pytest.raises(SAELoadError, match="d_sae"):
         load_sae_upload(json.dumps({"d_in": 4, "architecture": "topk"}).encode(), w)

@@ -26,6 +26,8 @@ from analysis.concepts.sets import (  # noqa: F401
     background_texts,
     save_uploaded_concepts,
     delete_workspace_concept,
+    WorkspaceWarning,
+    workspace_problems,
 )
 from analysis.concepts.cavs import (  # noqa: F401
     POOLINGS,
@@ -72,6 +74,7 @@ __all__ = [
     "REQUIRED_FIELDS",
     "SHIPPED_DIR",
     "SOURCES",
+    "WorkspaceWarning",
     "accuracy_frame",
     "background_set",
     "background_texts",
@@ -96,6 +99,7 @@ __all__ = [
     "save_uploaded_concepts",
     "similarity_frame",
     "stacked_activations",
+    "workspace_problems",
     "unit",
     "workspace_dir",
 ]

@@ -13,17 +13,25 @@ so they survive app restarts. YAML is read with ``yaml.safe_load`` only.
 Footguns:
 - A workspace set may not reuse a shipped name (it would silently shadow it).
 - Texts are validated, never silently fixed: duplicates or blank lines raise.
+- One broken workspace file never breaks the rest: it is skipped with a
+  :class:`WorkspaceWarning` naming the file (:func:`workspace_problems` lists
+  them for the UI), and :func:`delete_workspace_concept` removes it by stem.
+- Saves go through :func:`analysis.atomic.write_batch`: several concepts
+  uploaded together are written all or nothing, even if the process is killed.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from analysis.atomic import recover, write_batch
 from analysis.paths import ASSETS, workspace_root
+from analysis.uploads import text_problem
 
 SHIPPED_DIR = ASSETS / "concepts"
 KINDS = ("concept", "background")
@@ -33,7 +41,11 @@ MIN_CHARS = 5
 MAX_CHARS = 1000
 MIN_TEXTS = 10
 DEFAULT_BACKGROUND = "background"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{1,63}")  # used with fullmatch: "$" would let "name\n" in
+
+
+class WorkspaceWarning(UserWarning):
+    """A workspace concept file was skipped; the message names it and says why."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class ConceptSet:
 
 def check_name(name: str) -> None:
     """Names are snake_case: lower-case letters, digits and ``_``, 2-64 characters."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"concept name {name!r} is not valid: use snake_case (lower-case letters, digits, '_'; "
             "starting with a letter; 2-64 characters), e.g. 'positive_sentiment'"
@@ -89,6 +101,9 @@ def check_texts(name: str, texts) -> None:
             raise ValueError(f"concept {name!r}: text {i} is empty; remove the blank line")
         if text != text.strip():
             raise ValueError(f"concept {name!r}: text {i} has leading/trailing whitespace; strip it")
+        problem = text_problem(text)
+        if problem:
+            raise ValueError(f"concept {name!r}: text {i} {problem}; fix or remove it")
         if len(text) < MIN_CHARS:
             raise ValueError(
                 f"concept {name!r}: text {i} ({text!r}) is shorter than {MIN_CHARS} characters; "
@@ -116,8 +131,8 @@ def parse_concept_file(path: Path, source: str = "shipped") -> ConceptSet:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"{path.name}: not a readable YAML concept file ({err})") from err
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        raise ValueError(f"{path.name}: not a readable YAML concept file ({type(err).__name__}: {err})") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path.name}: expected a mapping with fields {REQUIRED_FIELDS}, got {type(raw).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in raw]
@@ -147,28 +162,67 @@ def parse_concept_file(path: Path, source: str = "shipped") -> ConceptSet:
         raise ValueError(f"{path.name}: {err}") from err
 
 
-def _read_dir(folder: Path, source: str) -> dict[str, ConceptSet]:
+def _read_dir(folder: Path, source: str, problems: list[str] | None = None) -> dict[str, ConceptSet]:
+    """Sets in ``folder``; with ``problems`` given, a bad file is skipped and described there."""
     if not folder.is_dir():
         return {}
-    return {s.name: s for s in (parse_concept_file(p, source) for p in sorted(folder.glob("*.yaml")))}
+    out = {}
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            s = parse_concept_file(path, source)
+        except (ValueError, TypeError) as err:
+            if problems is None:
+                raise
+            problems.append(f"skipped {path}: {err}")
+            continue
+        out[s.name] = s
+    return out
+
+
+def _load(problems: list[str]) -> dict[str, ConceptSet]:
+    shipped = _read_dir(SHIPPED_DIR, "shipped")
+    folder = workspace_dir()
+    try:
+        recover(folder)  # finish (or drop) a batch save a killed process left behind
+    except OSError as err:
+        problems.append(f"could not tidy {folder}: {err}")
+    workspace = {}
+    for name, s in _read_dir(folder, "workspace", problems).items():
+        if name in shipped:
+            problems.append(f"skipped {folder / (name + '.yaml')}: it reuses the shipped name {name!r}; "
+                            "delete it (repscope concepts remove) or rename it")
+        else:
+            workspace[name] = s
+    sets = {**shipped, **workspace}
+    backgrounds = sorted(n for n, s in sets.items() if s.kind == "background")
+    for name, s in list(sets.items()):
+        if s.kind == "concept" and s.background not in backgrounds:
+            if s.source == "shipped":
+                raise ValueError(f"concept {s.name!r}: unknown background {s.background!r}; "
+                                 f"valid backgrounds are {backgrounds}")
+            problems.append(f"skipped {folder / (name + '.yaml')}: unknown background {s.background!r}; "
+                            f"valid backgrounds are {backgrounds}")
+            del sets[name]
+    return sets
+
+
+def workspace_problems() -> list[str]:
+    """One line per workspace file that :func:`load_all_sets` skips (empty when all are fine)."""
+    problems: list[str] = []
+    _load(problems)
+    return problems
 
 
 def load_all_sets() -> dict[str, ConceptSet]:
-    """Every set, concepts and backgrounds, shipped then workspace; backgrounds checked."""
-    shipped = _read_dir(SHIPPED_DIR, "shipped")
-    workspace = _read_dir(workspace_dir(), "workspace")
-    clash = sorted(set(shipped) & set(workspace))
-    if clash:
-        raise ValueError(
-            f"workspace concepts {clash} reuse shipped names; delete or rename them in {workspace_dir()}"
-        )
-    sets = {**shipped, **workspace}
-    backgrounds = sorted(n for n, s in sets.items() if s.kind == "background")
-    for s in sets.values():
-        if s.kind == "concept" and s.background not in backgrounds:
-            raise ValueError(
-                f"concept {s.name!r}: unknown background {s.background!r}; valid backgrounds are {backgrounds}"
-            )
+    """Every set, concepts and backgrounds, shipped then workspace; backgrounds checked.
+
+    A broken shipped file raises ValueError; a broken workspace file is skipped
+    with a :class:`WorkspaceWarning` naming it.
+    """
+    problems: list[str] = []
+    sets = _load(problems)
+    for problem in problems:
+        warnings.warn(problem, WorkspaceWarning, stacklevel=2)
     return sets
 
 
@@ -213,26 +267,25 @@ def save_uploaded_concepts(
             name=name, title=name.replace("_", " ").capitalize(), description="Uploaded concept set.",
             provenance=provenance, texts=tuple(texts), background=background, source="workspace",
         ))
-    folder = workspace_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
     for s in made:
         doc = {
             "name": s.name, "kind": s.kind, "title": s.title, "description": s.description,
             "provenance": s.provenance, "background": s.background, "mentions": list(s.mentions),
             "words": list(s.words), "texts": list(s.texts),
         }
-        tmp = folder / f".{s.name}.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
-        tmp.replace(folder / f"{s.name}.yaml")
+        files[f"{s.name}.yaml"] = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+    write_batch(workspace_dir(), files)  # all or nothing, durable, never through a symlink
     return made
 
 
 def delete_workspace_concept(name: str) -> None:
-    """Remove a workspace concept; shipped sets cannot be deleted."""
-    check_name(name)
-    path = workspace_dir() / f"{name}.yaml"
-    if not path.exists():
-        shipped = (SHIPPED_DIR / f"{name}.yaml").exists()
-        why = "it is shipped and cannot be deleted" if shipped else "no such workspace concept"
+    """Remove a workspace concept file by its stem (even a broken one); shipped sets cannot be deleted."""
+    folder = workspace_dir()
+    stems = {p.stem: p for p in folder.glob("*.yaml")} if folder.is_dir() else {}
+    if not isinstance(name, str) or name not in stems:
+        shipped = isinstance(name, str) and _NAME_RE.fullmatch(name) and (SHIPPED_DIR / f"{name}.yaml").exists()
+        why = "it is shipped and cannot be deleted" if shipped else (
+            f"no such workspace concept; workspace files are {sorted(stems) or 'none'}")
         raise ValueError(f"cannot delete concept {name!r}: {why}")
-    path.unlink()
+    stems[name].unlink()

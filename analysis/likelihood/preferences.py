@@ -32,8 +32,6 @@ Footguns:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +39,10 @@ from pathlib import Path
 import yaml
 
 from analysis.paths import ASSETS
-from analysis.uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, UploadError, parse_records
+from analysis.uploads import (
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, UploadError, check_size, jsonl_objects, parse_records, sniff_jsonl,
+    text_problem,
+)
 
 LAYOUTS = ("dpo", "conversational")
 RENDERINGS = ("text", "chat_template", "plain")
@@ -121,13 +122,12 @@ def parse_preferences(filename: str, data: bytes, tokenizer=None, *, max_items: 
     ``tokenizer`` is used only for conversational files (its chat template, if any).
     """
     name = Path(filename or "upload").name
+    check_size(name, data, DEFAULT_MAX_BYTES)  # before any decoding or splitting
     if _looks_conversational(name, data):
         records = _conversational_records(name, data, max_items)
         return _render_conversational(name, records, tokenizer)
-    records = parse_records(name, data, required=[FIELDS], max_items=max_items)
-    raw = _raw_records(name, data)
-    if len(raw) == len(records):  # same rows, unstripped: " No" and "No" are different tokens
-        records = [{**rec, **{k: v for k, v in r.items() if k in rec}} for rec, r in zip(records, raw)]
+    # strip=False: " No" and "No" are different tokens, so texts stay as written.
+    records = parse_records(name, data, required=[FIELDS], max_items=max_items, strip=False)
     pairs = []
     for line, rec in enumerate(records, start=1):
         keys = {k.lower(): k for k in rec}
@@ -136,18 +136,6 @@ def parse_preferences(filename: str, data: bytes, tokenizer=None, *, max_items: 
             raise UploadError(f"{name}: record {line} has identical chosen and rejected texts; a pair must differ.")
         pairs.append(pair)
     return PreferenceData(name, "dpo", "text", tuple(pairs), tuple(records))
-
-
-def _raw_records(name: str, data: bytes) -> list[dict]:
-    """The rows ``parse_records`` accepted, as written (it strips texts); already validated."""
-    text = data.decode("utf-8-sig")
-    if name.lower().endswith(".csv"):
-        rows = csv.DictReader(io.StringIO(text, newline=""))
-        return [
-            {(k or "").strip(): v for k, v in row.items()} for row in rows
-            if any((v or "").strip() for v in row.values() if isinstance(v, str))
-        ]
-    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def render_messages(messages: list[dict], tokenizer=None, *, add_generation_prompt: bool) -> tuple[str, str]:
@@ -187,34 +175,15 @@ def _render_conversational(name: str, records: list[dict], tokenizer) -> Prefere
 def _looks_conversational(name: str, data: bytes) -> bool:
     if not name.lower().endswith(".jsonl"):
         return False
-    for line in data.decode("utf-8", errors="replace").split("\n"):
-        if line.strip():
-            try:
-                first = json.loads(line)
-            except (json.JSONDecodeError, RecursionError):
-                return False  # parse_records reports the error with its line number
-            return isinstance(first, dict) and isinstance(first.get("prompt"), list)
-    return False
+    first = sniff_jsonl(data)  # only the first line is decoded; errors are reported by the parser
+    return isinstance(first, dict) and isinstance(first.get("prompt"), list)
 
 
 def _conversational_records(name: str, data: bytes, max_items: int) -> list[dict]:
-    if len(data) > DEFAULT_MAX_BYTES:
-        raise UploadError(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {DEFAULT_MAX_BYTES / 1e6:.1f} MB. Split it.")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UploadError(f"{name} is not valid UTF-8 (offset {err.start}); re-save it as UTF-8.") from None
     records = []
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise UploadError(f"{name}: line {line_no} is not valid JSON ({err}). Each line must be one JSON object.") from None
-        if not isinstance(obj, dict) or any(f not in obj for f in FIELDS):
-            found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise UploadError(f"{name}: line {line_no} has {found}; expected fields {FIELDS}. Add the missing fields.")
+    for line_no, obj in jsonl_objects(name, data, max_bytes=DEFAULT_MAX_BYTES):
+        if any(f not in obj for f in FIELDS):
+            raise UploadError(f"{name}: line {line_no} has {sorted(obj)}; expected fields {FIELDS}. Add the missing fields.")
         for f in FIELDS:
             _check_messages(name, line_no, f, obj[f])
         records.append(obj)
@@ -240,6 +209,8 @@ def _check_messages(name: str, line: int, key: str, messages) -> None:
             )
         if not m["content"].strip():
             raise UploadError(f"{where} message {j} has empty content; fill it in or remove the line.")
+        if text_problem(m["content"]):
+            raise UploadError(f"{where} message {j} content {text_problem(m['content'])}; fix or remove it.")
     if key != "prompt" and messages[0]["role"] != "assistant":
         raise UploadError(f"{where} must start with an assistant message (the response); got role {messages[0]['role']!r}.")
 

@@ -79,7 +79,7 @@ def shipped_saes() -> dict[str, dict]:
     for cfg in sorted(SAES_DIR.glob(f"*/{CFG_FILE}")):
         try:
             out[cfg.parent.name] = json.loads(cfg.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
     return out
 
@@ -101,55 +101,127 @@ def _layer(hook_name: str | None) -> int | None:
 
 # ---------------------------------------------------------------- validation
 
-def validate_cfg(data: bytes) -> dict:
-    """Parse and check a sae-lens cfg.json; returns the dict."""
+_MAX_HEADER_BYTES = 100_000_000
+_MAX_DEPTH = 8  # cfg.json nests metadata -> train config; a safetensors header is 3 deep
+_BOOL_KEYS = ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm")
+_DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64")
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_K_ARCHITECTURES = ("topk", "abstopk")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json(raw: bytes, what: str):
+    """JSON of ``raw`` raising only SAELoadError (depth bounded before parsing, no recursion errors)."""
+    from analysis.uploads import UploadError, loads_json
+
     try:
-        cfg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SAELoadError(f"{CFG_FILE} is not valid UTF-8 JSON ({err}); upload the cfg.json sae-lens writes") from err
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SAELoadError(f"{what} is not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+    try:
+        return loads_json(text, what, max_depth=_MAX_DEPTH)
+    except UploadError as err:
+        raise SAELoadError(str(err)) from None
+
+
+def validate_cfg(data: bytes) -> dict:
+    """Parse and check a sae-lens cfg.json; returns the dict. Raises only SAELoadError."""
+    cfg = _json(bytes(data), CFG_FILE)
     if not isinstance(cfg, dict):
-        raise SAELoadError(f"{CFG_FILE} must hold a JSON object with d_in, d_sae and architecture")
+        raise SAELoadError(f"{CFG_FILE} must hold a JSON object with d_in, d_sae and architecture, "
+                           f"not a JSON {type(cfg).__name__}; upload the cfg.json sae-lens writes")
     for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
-            raise SAELoadError(f"{CFG_FILE}: {key!r} must be a positive integer, got {cfg.get(key)!r}")
+        if not _is_int(cfg.get(key)) or not 0 < cfg[key] <= 2**24:
+            raise SAELoadError(f"{CFG_FILE}: {key!r} must be a positive integer (at most 2**24), got {cfg.get(key)!r}")
+    arch = cfg.get("architecture", "standard")
+    if not isinstance(arch, str):
+        raise SAELoadError(f"{CFG_FILE}: 'architecture' must be a string such as 'topk', got {arch!r}")
     from sae_lens.registry import SAE_CLASS_REGISTRY
 
-    arch = cfg.get("architecture", "standard")
     if arch not in SAE_CLASS_REGISTRY:
         raise SAELoadError(f"{CFG_FILE}: architecture {arch!r} is unknown; valid: {sorted(SAE_CLASS_REGISTRY)}")
+    if arch in _K_ARCHITECTURES or "k" in cfg:
+        k = cfg.get("k")
+        if not _is_int(k) or not 1 <= k <= cfg["d_sae"]:
+            raise SAELoadError(f"{CFG_FILE}: 'k' (active latents per token) must be an integer in "
+                               f"1..d_sae={cfg['d_sae']}, got {k!r}")
+    for key in _BOOL_KEYS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise SAELoadError(f"{CFG_FILE}: {key!r} must be true or false, got {cfg[key]!r}")
+    dtype = cfg.get("dtype", "float32")
+    if not isinstance(dtype, str) or dtype.removeprefix("torch.") not in _DTYPE_NAMES:
+        raise SAELoadError(f"{CFG_FILE}: 'dtype' must be one of {list(_DTYPE_NAMES)}, got {dtype!r}")
+    if "device" in cfg and not isinstance(cfg["device"], str):
+        raise SAELoadError(f"{CFG_FILE}: 'device' must be a string such as 'cpu', got {cfg['device']!r}")
+    meta = cfg.get("metadata", {})
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise SAELoadError(f"{CFG_FILE}: 'metadata' must be a JSON object, got a JSON {type(meta).__name__}")
+    for where, block in (("", cfg), ("metadata.", meta)):
+        for key in ("hook_name", "model_name"):
+            value = block.get(key)
+            if value is not None and not isinstance(value, str):
+                raise SAELoadError(f"{CFG_FILE}: '{where}{key}' must be a string such as "
+                                   f"'blocks.6.hook_resid_post', got {value!r}")
+    if "prepend_bos" in meta and not isinstance(meta["prepend_bos"], bool):
+        raise SAELoadError(f"{CFG_FILE}: 'metadata.prepend_bos' must be true or false, got {meta['prepend_bos']!r}")
     return cfg
+
+
+def header_length(data: bytes, total: int) -> int:
+    """The 8-byte little-endian header length of a safetensors file, checked against its size."""
+    if len(data) < 8 or total < 8:
+        raise SAELoadError(f"{WEIGHTS_FILE} is {total} bytes: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if not 2 <= n <= min(total - 8, _MAX_HEADER_BYTES):
+        # Only now look at the magic bytes: a valid length may start with 0x80 or "PK".
+        looks = bytes(data[:2]) == b"PK" or bytes(data[:1]) == b"\x80"
+        why = ("it looks like a pickle / torch.save file; only safetensors is accepted (save with sae-lens "
+               "`save_model` or safetensors.torch.save_file)") if looks else "not a safetensors file (truncated?)"
+        raise SAELoadError(f"{WEIGHTS_FILE}: header length {n} does not fit the file of {total} bytes: {why}")
+    return n
 
 
 def safetensors_header(data: bytes, total_len: int | None = None) -> dict[str, dict]:
     """The tensor table of a safetensors file, checked against its length (no pickle, ever).
 
     ``data`` is the file, or only its start (8 + header bytes) with ``total_len`` its size.
+    Raises only SAELoadError.
     """
     total = len(data) if total_len is None else total_len
-    if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise SAELoadError(f"{WEIGHTS_FILE} looks like a pickle / torch.save file; only safetensors is accepted "
-                           "(save with sae-lens `save_model` or safetensors.torch.save_file)")
-    if len(data) < 8:
-        raise SAELoadError(f"{WEIGHTS_FILE} is {len(data)} bytes: too short to be a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data), total) - 8 or n > 100_000_000:
-        raise SAELoadError(f"{WEIGHTS_FILE}: header length {n} does not fit the file; not a safetensors file")
-    try:
-        header = json.loads(data[8: 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SAELoadError(f"{WEIGHTS_FILE}: unreadable safetensors header ({err})") from err
-    header.pop("__metadata__", None)
+    n = header_length(data, total)
+    if len(data) < 8 + n:
+        raise SAELoadError(f"{WEIGHTS_FILE}: the header ({n} bytes) is cut off; the upload is incomplete")
+    header = _json(bytes(data[8: 8 + n]), f"{WEIGHTS_FILE} header")
+    if not isinstance(header, dict):
+        raise SAELoadError(f"{WEIGHTS_FILE}: the header must be a JSON object of tensors, "
+                           f"not a JSON {type(header).__name__}")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise SAELoadError(f"{WEIGHTS_FILE}: '__metadata__' must map names to strings")
     body = total - 8 - n
     for name, info in header.items():
-        try:
-            start, end = info["data_offsets"]
-            shape, dtype = list(info["shape"]), info["dtype"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise SAELoadError(f"{WEIGHTS_FILE}: malformed entry for tensor {name!r}") from err
-        if dtype not in _DTYPES:
-            raise SAELoadError(f"{WEIGHTS_FILE}: tensor {name!r} has dtype {dtype}; valid: {sorted(_DTYPES)}")
+        where = f"{WEIGHTS_FILE}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise SAELoadError(f"{where}: entry must be an object with dtype, shape and data_offsets")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise SAELoadError(f"{where} has dtype {dtype!r}; valid: {sorted(_DTYPES)}")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise SAELoadError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise SAELoadError(f"{where}: 'data_offsets' must be two integers [start, end], got {offsets!r}")
+        start, end = offsets
         if not 0 <= start <= end <= body:
-            raise SAELoadError(f"{WEIGHTS_FILE}: tensor {name!r} lies outside the file (truncated upload?)")
+            raise SAELoadError(f"{where} lies outside the file (offsets {offsets}, data is {body} bytes; "
+                               "truncated upload?)")
+        if end - start != int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype]:
+            raise SAELoadError(f"{where}: offsets span {end - start} bytes but shape {shape} of {dtype} needs "
+                               f"{int(np.prod(shape, dtype=object)) * _ITEMSIZE[dtype]}")
     return header
 
 
@@ -208,8 +280,7 @@ def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedSAE
     size = w_path.stat().st_size
     with w_path.open("rb") as f:  # only the header: local SAEs can be gigabytes
         head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        head += f.read(n) if n <= min(100_000_000, size - 8) else b""
+        head += f.read(header_length(head, size))
     check_shapes(cfg, safetensors_header(head, size))
     try:
         sae = SAE.load_from_disk(str(folder), device=device)
@@ -217,8 +288,10 @@ def _load_folder(folder: Path, name: str, source: str, device: str) -> LoadedSAE
         raise SAELoadError(f"sae-lens could not load {folder}: {type(err).__name__}: {err}") from err
     meta = cfg.get("metadata") or {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or ""
-    quality = json.loads((folder / "quality.json").read_text()) if (folder / "quality.json").is_file() else None
-    readme = (folder / "README.md").read_text() if (folder / "README.md").is_file() else ""
+    quality = _json((folder / "quality.json").read_bytes(), "quality.json") if (folder / "quality.json").is_file() else None
+    if quality is not None and not isinstance(quality, dict):
+        raise SAELoadError(f"{folder / 'quality.json'} must hold a JSON object of quality numbers")
+    readme = (folder / "README.md").read_text(errors="replace") if (folder / "README.md").is_file() else ""
     return LoadedSAE(sae.eval(), name, source, hook, _layer(hook), meta.get("model_name"), quality, readme)
 
 
