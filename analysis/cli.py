@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "analysis.commands.bias",      # bias
     "analysis.commands.steer",     # steer
     "analysis.commands.ches",      # ches, dpo
+    "analysis.commands.compare",   # compare, drift, audit
 )
 
 

@@ -25,6 +25,7 @@ RECIPE_MODULES = (
     "analysis.bias.recipes",
     "analysis.steering.recipes",
     "analysis.likelihood.recipes",
+    "analysis.compare.recipes",
 )
 
 RecipeFn = Callable[..., tuple[Any, Any]]

@@ -23,6 +23,7 @@ PAGES = [
     ("bias.py", "Bias", ":material/balance:"),
     ("steering.py", "Steering", ":material/navigation:"),
     ("likelihood.py", "Likelihood", ":material/trending_down:"),
+    ("compare.py", "Compare", ":material/compare_arrows:"),
 ]
 
 pages = [
