@@ -12,6 +12,8 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 
 COMMAND_MODULES = (
     "analysis.commands.core",      # models, app, figure
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose --out folder is staged: files appear there only when the run succeeds.
+STAGED_COMMANDS = ("figure", "inspect", "cav", "sae-probe", "bias", "steer", "ches", "dpo")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
@@ -47,16 +53,74 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from analysis.models import ModelLoadError
-    from analysis.uploads import UploadError
 
+    def one_line(what: str, err: BaseException) -> str:
+        text = " ".join(str(err).split()) or type(err).__name__
+        return f"repscope {args.command}: {what}: {text}"
+
+    shown: set[str] = set()
+
+    def warn(message, category, *rest, **kw) -> None:  # one line per warning, each once, no source excerpt
+        line = one_line("warning", message)
+        if line not in shown:
+            shown.add(line)
+            print(line, file=sys.stderr)
+
+    warnings.showwarning = warn
     try:
+        if args.command in STAGED_COMMANDS and isinstance(getattr(args, "out", None), str):
+            return _run_staged(args)
         return int(args.func(args) or 0)
-    except (UploadError, ValueError, FileNotFoundError) as err:
-        print(f"repscope {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input (UploadError, SAELoadError ...), unreadable paths
+        print(one_line("error", err), file=sys.stderr)
         return 2
     except ModelLoadError as err:
-        print(f"repscope {args.command}: error: {err}", file=sys.stderr)
+        print(one_line("error", err), file=sys.stderr)
         return 1
+    except RecursionError as err:
+        print(one_line("error", err), file=sys.stderr)
+        return 2
+
+
+def _run_staged(args) -> int:
+    """Run with ``args.out`` pointed at a staging folder; move the files into place only on success."""
+    from analysis.atomic import staged_dir
+
+    out = args.out
+    try:
+        with staged_dir(out) as stage:
+            args.out = str(stage)
+            real_stdout = sys.stdout
+            sys.stdout = _Rewriting(real_stdout, str(stage), str(Path(out)))
+            try:
+                code = int(args.func(args) or 0)
+            finally:
+                sys.stdout = real_stdout
+                args.out = out
+            if code != 0:
+                raise _Failed(code)  # a failed run keeps nothing
+    except _Failed as failed:
+        return failed.code
+    return code
+
+
+class _Failed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code
+
+
+class _Rewriting:
+    """stdout that prints final paths instead of staging paths."""
+
+    def __init__(self, stream, old: str, new: str) -> None:
+        self._stream, self._old, self._new = stream, old, new
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text.replace(self._old, self._new))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from analysis.figures.export import (
     find_browser,
     frame_to_csv,
 )
+from analysis.figures.text import safe_figure
+from app.text import show_error
 
 # Plain dict kept in session state: the download callables run without a
 # script context, so they cannot use st.session_state, but can fill this dict.
@@ -51,12 +53,13 @@ def render_figure(
     `recipe` is the config that reproduces it (JSON button, disabled when None);
     `key` must be unique on the page; `filename` is the download name without extension.
     """
+    fig = safe_figure(fig)  # user texts (concepts, pairs, prompts, tokens) show literally, never as HTML
     st.plotly_chart(fig, theme=None, width="stretch", key=f"{key}-chart")
     stem = _safe_stem(filename)
     errors: dict[str, str] = st.session_state.setdefault(_ERRORS_KEY, {})
     failed = errors.pop(key, None)
     if failed:
-        st.error(failed)
+        show_error(failed)
     try:
         find_browser()
         missing_browser = None
@@ -106,7 +109,7 @@ def render_figure(
         width="stretch",
     )
     if missing_browser:
-        st.error(missing_browser)
+        st.error(missing_browser)  # our own message (no user text): keeps its formatting
 
 
 def _deferred_export(fig: go.Figure, fmt: str, errors: dict[str, str], key: str) -> Callable[[], bytes]:

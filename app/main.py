@@ -15,6 +15,10 @@ from app.paths import PAGES_DIR  # noqa: E402
 
 st.set_page_config(page_title="RepScope", page_icon=":material/biotech:", layout="wide")
 
+from app.serving import guard_server  # noqa: E402
+
+guard_server()  # loopback only and no tracebacks, however the server was started
+
 # (file, title, icon); a page appears once its file exists.
 PAGES = [
     ("home.py", "Home", ":material/home:"),

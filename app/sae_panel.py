@@ -17,6 +17,7 @@ from analysis.recipes import make_recipe
 from analysis.saes.recipes import ConceptLatentsConfig, LatentCardConfig
 from app.figures import render_figure
 from app.state import get_sae
+from app.text import md_escape, show_error
 
 _CHOICES = ("Shipped", "Local folder or release:id", "Upload")
 
@@ -50,16 +51,16 @@ def _pick_sae(lm: LoadedModel, layer: int, key: str):
         digest = hashlib.sha256(c + w).hexdigest()
         return get_sae(f"upload:{weights.name}", upload_digest=digest, _upload=(c, w)), None
     except SAELoadError as err:
-        st.error(str(err))
+        show_error(err)
     except Exception as err:  # noqa: BLE001 - a bad SAE must not break the page
-        st.error(f"Could not load the SAE: {type(err).__name__}: {err}")
+        show_error(f"Could not load the SAE: {type(err).__name__}: {err}")
     return None, None
 
 
 def _show_quality(loaded) -> None:
     q = loaded.quality
-    st.caption(f"{loaded.name}: {loaded.sae.cfg.architecture()} SAE, {loaded.d_sae} latents, "
-               f"reads `{loaded.hook_name}`")
+    st.caption(md_escape(f"{loaded.name}: {loaded.sae.cfg.architecture()} SAE, {loaded.d_sae} latents, "
+                         f"reads {loaded.hook_name}"))
     if not q:
         st.caption("No quality.json next to this SAE: reconstruction quality unknown.")
         return
@@ -95,7 +96,7 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         return
     _show_quality(loaded)
     if loaded.d_in != lm.d_model or loaded.hook_name not in lm.model.hook_dict:
-        st.error(f"{loaded.name} reads {loaded.hook_name!r} with d_in={loaded.d_in}; {lm.name} has "
+        show_error(f"{loaded.name} reads {loaded.hook_name!r} with d_in={loaded.d_in}; {lm.name} has "
                  f"d_model={lm.d_model}. Pick an SAE trained on this model.")
         return
     if loaded.layer is not None and loaded.layer != layer:

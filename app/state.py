@@ -14,6 +14,8 @@ import streamlit as st
 
 from analysis.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 
+from app.text import md_escape, show_error
+
 _MODEL_KEY = "repscope_model_name"
 _DEVICE_KEY = "repscope_device"
 
@@ -46,12 +48,12 @@ def get_model() -> LoadedModel | None:
     """
     name, device = model_name(), device_choice()
     try:
-        with st.spinner(f"Loading {name} (the first run converts the default model once, ~2 min) ..."):
+        with st.spinner(f"Loading {md_escape(name)} (the first run converts the default model once, ~2 min) ..."):
             return _cached_model(name, device)
     except (ModelLoadError, ValueError) as err:
-        st.error(str(err))
+        show_error(err)
     except Exception as err:  # noqa: BLE001 - any load failure must leave the app usable
-        st.error(f"Could not load model {name!r}: {type(err).__name__}: {err}")
+        show_error(f"Could not load model {name!r}: {type(err).__name__}: {err}")
     return None
 
 

@@ -14,6 +14,7 @@ from streamlit.errors import StreamlitAPIException
 from analysis.gguf_convert import GEMMA_NOTICE, gemma_terms_path
 from analysis.models import CATALOGUE, LoadedModel, ModelSpec
 from app import state
+from app.text import md_escape, show_warning
 from app.paths import MAIN_SCRIPT, PAGES_DIR
 
 
@@ -89,7 +90,7 @@ def process_memory(device: str) -> dict[str, float]:
 def model_badge() -> None:
     """The session's current model and device choice, in the sidebar (loads nothing)."""
     name, device = state.model_name(), state.device_choice()
-    st.sidebar.badge(f"{name} · {device}", icon=":material/memory:", color="blue")
+    st.sidebar.badge(md_escape(f"{name} · {device}"), icon=":material/memory:", color="blue")
 
 
 def gemma_notice(name: str | None = None) -> None:
@@ -135,5 +136,5 @@ def switch_model(name: str, device: str) -> LoadedModel | None:
     if lm is None:
         state.set_model_name(previous[0])
         state.set_device_choice(previous[1])
-        st.warning(f"Kept the previous model: {previous[0]} ({previous[1]}).")
+        show_warning(f"Kept the previous model: {previous[0]} ({previous[1]}).")
     return lm

@@ -14,6 +14,7 @@ from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_laten
 from analysis.recipes import make_recipe
 from app import state
 from app.figures import render_figure
+from app.text import show_error
 
 CUSTOM = "Custom ..."
 REPRESENTATIONS = {"dense": "Dense CAV", "sae-diff": "SAE code difference", "sae-proj": "CAV → SAE decoder projection"}
@@ -113,7 +114,7 @@ try:
                      n_permutations=n_perm, cav_method=cav_method, max_texts=cap or None,
                      max_background=max(40, 3 * cap) if cap else None)
 except ValueError as err:
-    st.error(str(err))
+    show_error(err)
     st.stop()
 
 if st.button("Compute bias", type="primary", key="bias_run"):
@@ -127,7 +128,7 @@ if state.get("bias_cfg") != cfg:
 try:
     result = _with_progress(lambda progress: _bias(cfg, lm.name, lm, progress))
 except ValueError as err:
-    st.error(str(err))
+    show_error(err)
     st.stop()
 for msg in result.messages.values():
     st.warning(msg)

@@ -12,6 +12,8 @@ from analysis.concepts.sets import (
     delete_workspace_concept,
     load_all_sets,
     save_uploaded_concepts,
+    workspace_dir,
+    workspace_problems,
 )
 from analysis.concepts.figures import accuracy_figure, projection_figure, similarity_figure
 from analysis.concepts.projection import METHODS as PROJECTIONS
@@ -22,6 +24,7 @@ from analysis.uploads import UploadError, parse_concept_upload
 from app import jobs
 from app.figures import render_figure
 from app.state import get, put, require_model
+from app.text import md_escape, show_error, show_warning
 
 DEFAULT_CONCEPTS = ("positive_sentiment", "negative_sentiment")
 
@@ -58,18 +61,22 @@ def _upload_section() -> None:
                         raise UploadError(f"{upload.name} holds {len(parsed)} concepts; a name only applies to one")
                     parsed = {rename.strip(): next(iter(parsed.values()))}
                 saved = save_uploaded_concepts(parsed)
-                st.success("Saved " + ", ".join(f"{s.name} ({len(s.texts)} texts)" for s in saved))
-            except (UploadError, ValueError) as err:
-                st.error(str(err))
-        try:
-            own = sorted(n for n, s in load_all_sets().items() if s.source == "workspace")
-        except ValueError:
-            own = []
+                st.success(md_escape("Saved " + ", ".join(f"{s.name} ({len(s.texts)} texts)" for s in saved)))
+            except (UploadError, ValueError, OSError) as err:
+                show_error(err)
+        for problem in workspace_problems():
+            show_warning(problem)
+        folder = workspace_dir()
+        own = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []  # broken files too
         if own:
             gone = st.selectbox("Workspace concept", own, key="concepts_delete_pick")
             if st.button("Delete", key="concepts_delete"):
-                delete_workspace_concept(gone)
-                st.rerun()
+                try:
+                    delete_workspace_concept(gone)
+                except (ValueError, OSError) as err:
+                    show_error(err)
+                else:
+                    st.rerun()
 
 
 def main() -> None:
@@ -82,7 +89,7 @@ def main() -> None:
     try:
         sets = load_all_sets()
     except ValueError as err:
-        st.error(f"Could not read the concept sets: {err}")
+        show_error(f"Could not read the concept sets: {err}")
         st.stop()
     concepts = {n: s for n, s in sets.items() if s.kind == "concept"}
     backgrounds = [n for n, s in sets.items() if s.kind == "background"]
@@ -107,7 +114,7 @@ def main() -> None:
                 n_random=int(n_random), max_texts=int(max_texts) or None, background=background,
             )
         except ValueError as err:
-            st.error(str(err))
+            show_error(err)
             st.stop()
         put("cav_config", config)
         try:
@@ -118,7 +125,7 @@ def main() -> None:
             st.stop()
         except ValueError as err:
             put("cav_config", None)
-            st.error(str(err))
+            show_error(err)
             st.stop()
 
     config: CavConfig | None = get("cav_config")

@@ -7,6 +7,7 @@ import streamlit as st
 from analysis.gguf_convert import converted_folder, is_converted
 from analysis.models import CATALOGUE, DEFAULT_MODEL, describe
 from app import state
+from app.text import md_escape
 from app.widgets import (
     gemma_terms, is_gemma, page_links, process_memory, registered_pages, switch_model,
 )
@@ -73,7 +74,7 @@ with picker:
 
 with status:
     if lm is not None:
-        st.success(f"Loaded **{lm.name}**", icon=":material/check_circle:")
+        st.success(f"Loaded **{md_escape(lm.name)}**", icon=":material/check_circle:")
         facts = describe(lm)
         cols = st.columns(4)
         cols[0].metric("Layers", facts["layers"])
@@ -89,7 +90,7 @@ with status:
         if memory:
             st.caption(" · ".join(f"{k}: {v:,.0f}" for k, v in memory.items()))
     if is_converted():
-        st.caption(f"Default model converted to safetensors: yes ({converted_folder()}).")
+        st.caption(md_escape(f"Default model converted to safetensors: yes ({converted_folder()})."))
     else:
         st.caption("Default model not converted yet: its first load converts it once (about 2 minutes).")
 

@@ -16,6 +16,7 @@ from analysis.recipes import make_recipe
 from analysis.uploads import UploadError
 from app import state
 from app.figures import render_figure
+from app.text import show_error
 
 UPLOAD = "Upload a file ..."
 SCORE_LABELS = {"ches": "CHES", "ches_length_normalised": "Length-normalised CHES"}
@@ -59,7 +60,7 @@ else:
 try:
     data = _parse(filename, raw, lm.name, lm.tokenizer)
 except UploadError as err:
-    st.error(str(err))
+    show_error(err)
     st.stop()
 st.caption(f"{len(data)} pairs, {data.layout} layout" + (f", rendered with the {data.rendering} format" if data.layout == "conversational" else ""))
 source = choice if choice != UPLOAD else filename
@@ -127,7 +128,7 @@ with tab_dpo:
             dcfg = DPOConfig(beta=float(beta), lr=float(lr), steps=int(steps), top_k=int(top_k),
                              watch_tokens=tuple(t for t in watch.split("|") if t.strip()))
         except ValueError as err:
-            st.error(str(err))
+            show_error(err)
             st.stop()
         rows: list[dict] = []
         state.put("lik_dpo", {"rows": rows, "config": config_dict(dcfg), "status": "running", "pairs": list(picked)})
@@ -150,7 +151,7 @@ with tab_dpo:
             run["status"] = (f"interrupted after step {len(run['rows']) - 1} (Stop, or another widget changed); "
                              "the rows computed are kept, the trained copy was discarded")
         if run["status"].startswith("failed"):
-            st.error(run["status"])
+            show_error(run["status"])
         else:
             st.caption(f"Run {run['status']}: {len(run['rows'])} rows (row t = after t updates), pairs {run['pairs']}.")
         if run["rows"]:

@@ -18,6 +18,7 @@ from analysis.inspection.recipes import build_figure
 from analysis.recipes import make_recipe
 from analysis.uploads import UploadError, parse_texts
 from app.figures import render_figure
+from app.text import md_escape, show_error
 from app.state import get, put, require_model
 
 DEFAULT_PROMPTS = (
@@ -43,7 +44,7 @@ def _read_prompts(text: str, upload) -> list[str] | None:
         try:
             return parse_texts(upload.name, upload.getvalue())
         except UploadError as err:
-            st.error(str(err))
+            show_error(err)
             return None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
@@ -56,7 +57,7 @@ def _score_all(lm, prompts: list[str]) -> pd.DataFrame | None:
     try:
         check_prompts(lm, prompts)
     except ValueError as err:
-        st.error(str(err))
+        show_error(err)
         return None
     bar = st.progress(0.0, text=f"Scoring {len(prompts)} prompts ...")
     parts = []
@@ -65,7 +66,7 @@ def _score_all(lm, prompts: list[str]) -> pd.DataFrame | None:
             parts.append(_score(lm, lm.name, tuple(prompts[start: start + SCORE_CHUNK])))
             bar.progress(min(1.0, (start + SCORE_CHUNK) / len(prompts)))
     except ValueError as err:
-        st.error(str(err))
+        show_error(err)
         return None
     finally:
         bar.empty()
@@ -117,10 +118,10 @@ try:
     with st.spinner("Inspecting the prompt ..."):
         insp = _inspect(lm, lm.name, prompt, k)
 except ValueError as err:
-    st.error(str(err))
+    show_error(err)
     st.stop()
 
-st.markdown(f"**Inspecting prompt {chosen + 1}** ({insp.n_tokens} tokens with BOS): `{prompt}`")
+st.markdown(f"**Inspecting prompt {chosen + 1}** ({insp.n_tokens} tokens with BOS): {md_escape(prompt)}")
 
 
 def _show(kind: str, cfg: InspectConfig) -> None:

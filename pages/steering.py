@@ -15,6 +15,7 @@ from analysis.steering.vector import POSITIONS, SCORES, SteeringConfig, build_st
 from analysis.steering.evaluation import compute_alpha_sweep, compute_cav_links, compute_sae_links
 from analysis.uploads import UploadError
 from app.figures import render_figure
+from app.text import show_error
 from app.state import get, put, require_model
 
 UPLOAD = "upload a file ..."
@@ -55,7 +56,7 @@ def _pick_pairs():
     try:
         return ("upload", upload.name, hashlib.sha256(data).hexdigest()), parse_pair_upload(upload.name, data)
     except (UploadError, ValueError) as err:
-        st.error(str(err))
+        show_error(err)
         st.stop()
 
 
@@ -78,7 +79,7 @@ def main() -> None:
         try:
             _build(lm, lm.name, key, config, pair_set, _progress=lambda f: bar.progress(min(f, 1.0)))
         except ValueError as err:
-            st.error(str(err))
+            show_error(err)
             st.stop()
         bar.empty()
         put("steer_built", (key, config))
@@ -148,7 +149,7 @@ def _sweep_section(lm, key, config, vec, layers, pair_set, recipe_cfg) -> None:
     try:
         alphas = tuple(sorted({float(x) for x in text.split(",") if x.strip()}))
     except ValueError:
-        st.error(f"α values {text!r}: give comma-separated numbers, e.g. -2, -1, 0, 1, 2")
+        show_error(f"α values {text!r}: give comma-separated numbers, e.g. -2, -1, 0, 1, 2")
         return
     if st.button("Run sweep", key="steer_sweep"):
         bar = st.progress(0.0, text="Scoring held-out pairs at each α ...")

@@ -6,6 +6,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from app.text import md_escape
+
 
 def _script() -> None:
     from app.sae_panel import render_sae_panel
@@ -44,5 +46,5 @@ def test_panel_renders_every_figure_for_a_local_sae(tiny_sae_folder):
 def test_panel_shows_load_errors(tmp_path):
     at = _with_source(str(tmp_path))
     assert not at.exception
-    assert any("has no cfg.json" in e.value for e in at.error)
+    assert any(md_escape("has no cfg.json") in e.value for e in at.error)  # shown escaped: it quotes a path
     assert len(at.get("plotly_chart")) == 0

@@ -36,11 +36,14 @@ def _list(args) -> int:
 
 
 def _add(args) -> int:
-    from analysis.concepts.sets import save_uploaded_concepts, workspace_dir
+    from analysis.commands.checks import read_upload
+    from analysis.concepts.sets import check_name, save_uploaded_concepts, workspace_dir
     from analysis.uploads import parse_concept_upload
 
-    path = Path(args.file)
-    parsed = parse_concept_upload(path.name, path.read_bytes())
+    if args.name is not None:
+        check_name(args.name)
+
+    parsed = parse_concept_upload(*read_upload(args.file))
     if args.name:
         if len(parsed) != 1:
             raise ValueError(f"--name works for a single-concept file; {path.name} holds {sorted(parsed)}")
@@ -63,13 +66,13 @@ def _cav(args) -> int:
     from analysis.concepts.figures import accuracy_figure, similarity_figure
     from analysis.recipes import make_recipe
 
-    lm = load_from_args(args)
     concepts = tuple(c.strip() for c in args.concepts.split(",") if c.strip())
-    config = CavConfig(
-        concepts=concepts, layers=parse_layers(args.layers, lm.n_layers), pooling=args.pooling,
-        method=args.method, n_folds=args.folds, n_random=args.random, C=args.C, seed=args.seed,
-        max_texts=args.max_texts, background=args.background,
-    )
+    options = dict(concepts=concepts, pooling=args.pooling, method=args.method, n_folds=args.folds,
+                   n_random=args.random, C=args.C, seed=args.seed, max_texts=args.max_texts,
+                   background=args.background)
+    CavConfig(layers=None, **options)  # bad options exit before the model loads
+    lm = load_from_args(args)
+    config = CavConfig(layers=parse_layers(args.layers, lm.n_layers), **options)
     result = fit_from_config(lm, config, progress=lambda f, msg: print(f"\r{f:4.0%} {msg:60s}", end="", flush=True))
     print()
     out = Path(args.out)

@@ -29,28 +29,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_from_args(args):
+    """Check every option (:func:`analysis.commands.checks.check_args`), then load."""
+    from analysis.commands.checks import check_args
     from analysis.models import load_model
 
+    check_args(args)  # bad input exits with one line before the 10-20 s model load
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def write_figure(fig, frame, recipe: dict, out: Path, stem: str, formats: list[str]) -> list[Path]:
-    """Write ``stem``.{formats}, ``stem``.csv and ``stem``.recipe.json into ``out``."""
+    """Write ``stem``.{formats}, ``stem``.csv and ``stem``.recipe.json into ``out`` (each atomically)."""
+    from analysis.atomic import write_atomic
     from analysis.figures.export import export_figure, frame_to_csv
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = out / f"{stem}.{fmt}"
-        path.write_bytes(export_figure(fig, fmt))
-        written.append(path)
+    written = [write_atomic(out / f"{stem}.{fmt}", export_figure(fig, fmt)) for fmt in formats if fmt]
     if frame is not None:
-        path = out / f"{stem}.csv"
-        path.write_bytes(frame_to_csv(frame))
-        written.append(path)
-    path = out / f"{stem}.recipe.json"
-    path.write_text(json.dumps(recipe, indent=2))
-    written.append(path)
+        written.append(write_atomic(out / f"{stem}.csv", frame_to_csv(frame)))
+    written.append(write_atomic(out / f"{stem}.recipe.json", json.dumps(recipe, indent=2)))
     return written
 
 
@@ -68,14 +63,26 @@ def _models(args) -> int:
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _app(args) -> int:
+    address = args.address.strip()
+    if address not in LOOPBACK and not args.allow_remote:
+        raise ValueError(f"--address {address!r} would serve the app beyond this machine; the app has no login. "
+                         f"Use {' or '.join(LOOPBACK)}, or add --allow-remote if you really mean it")
     env = dict(os.environ)
     if args.model:
         env["REPSCOPE_MODEL"] = args.model
+    if args.allow_remote:
+        env["REPSCOPE_ALLOW_REMOTE"] = "1"  # app/main.py refuses a non-loopback address without it
+    if args.dev:
+        env["REPSCOPE_DEV"] = "1"  # app/main.py shows tracebacks only then
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(_app_main()),
-        "--server.address", args.address, "--server.port", str(args.port),
+        "--server.address", address, "--server.port", str(args.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", "full" if args.dev else "none",
     ]
     return subprocess.call(cmd, env=env, cwd=str(_app_main().parent.parent))
 
@@ -83,6 +90,9 @@ def _app(args) -> int:
 def _figure(args) -> int:
     from analysis.recipes import read_recipe, run_recipe
 
+    from analysis.commands.checks import check_formats
+
+    check_formats(args.formats)
     recipe = read_recipe(args.recipe)
     fig, frame = run_recipe(recipe)
     stem = args.name or Path(args.recipe).name.split(".")[0]
@@ -100,7 +110,10 @@ def register(sub) -> None:
     p = sub.add_parser("app", help="start the dashboard (Streamlit) on 127.0.0.1")
     p.add_argument("--model", default=None, help="model to preselect")
     p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow an --address other than 127.0.0.1/localhost/::1 (the app has no login)")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--dev", action="store_true", help="development: show full tracebacks in the page")
     p.set_defaults(func=_app)
 
     p = sub.add_parser("figure", help="re-create a figure headlessly from its exported recipe")

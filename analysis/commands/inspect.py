@@ -14,14 +14,10 @@ from analysis.commands.core import add_model_args, load_from_args, write_figure
 
 
 def _read_prompts(path: str) -> list[str]:
-    from analysis.uploads import UploadError, parse_texts
+    from analysis.commands.checks import read_upload
+    from analysis.uploads import parse_texts
 
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as err:
-        raise UploadError(f"{path}: cannot read the file ({err.strerror}); check the path") from None
-    return parse_texts(p.name, data)
+    return parse_texts(*read_upload(path))
 
 
 def _formats(value: str) -> list[str]:
@@ -55,9 +51,10 @@ def _inspect(args) -> int:
         )
     if args.file:
         table = score_prompts(lm, prompts, batch_size=args.batch_size)
-        path = out / "prompt_losses.csv"
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
+        from analysis.atomic import write_atomic
+        from analysis.figures.export import frame_to_csv
+
+        path = write_atomic(out / "prompt_losses.csv", frame_to_csv(table.reset_index(drop=True)))
         print(path)
     insp = inspect_prompt(lm, cfg.text, cfg.top_k)
     for kind in RECIPE_KINDS:

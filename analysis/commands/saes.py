@@ -12,7 +12,10 @@ from analysis.commands.core import add_model_args, load_from_args
 def _train(args) -> int:
     from dataclasses import fields
 
-    from analysis.saes.training import SAES_DIR, SAETrainConfig, train_and_save
+    import shutil
+
+    from analysis.atomic import staged_dir
+    from analysis.saes.training import SAETrainConfig, default_out_dir, train_and_save
 
     if args.threads:
         import torch
@@ -20,9 +23,13 @@ def _train(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = SAETrainConfig(**{f.name: getattr(args, f.name) for f in fields(SAETrainConfig)})
     lm = load_from_args(args)
-    out = Path(args.out) if args.out else SAES_DIR / f"{lm.name}-res{cfg.layer}-{cfg.d_sae // 1024}k"
+    # Default: the workspace, never the shipped assets/saes (read-only to every command).
+    out = Path(args.out) if args.out else default_out_dir(lm.name, cfg)
     progress = lambda msg: print(f"[train-sae] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    quality = train_and_save(lm, cfg, out, progress)
+    with staged_dir(out) as stage:  # a failed or killed run leaves the previous SAE intact
+        if (out / "corpus.json").is_file():
+            shutil.copy2(out / "corpus.json", stage / "corpus.json")  # reused: the generations are slow
+        quality = train_and_save(lm, cfg, stage, progress)
     print(json.dumps(quality, indent=2))
     print(out)
     return 0
@@ -81,7 +88,7 @@ def register(sub) -> None:
     p.add_argument("--eval-texts", type=int, default=d.eval_texts, help="held-out texts quality is measured on")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="output folder (default assets/saes/<model>-res<layer>-<n>k)")
+    p.add_argument("--out", default=None, help="output folder (default <workspace>/saes/<model>-res<layer>-<n>k; shipped assets are never written)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sae-info", help="load an SAE and print its facts and quality numbers")

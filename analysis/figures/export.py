@@ -175,7 +175,9 @@ def export_figure(
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}. Valid formats are {list(FORMATS)}.")
-    fig_dict = fig.to_dict()
+    from analysis.figures.text import safe_figure
+
+    fig_dict = safe_figure(fig).to_dict()  # user texts stay literal in the SVG/PDF (no live links)
     layout = fig_dict.get("layout", {})
     opts = {
         "format": fmt,
@@ -205,7 +207,33 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def neutralise_cell(value):
+    """``value`` with a leading ``'`` when it is text a spreadsheet would run as a formula.
+
+    Numbers stay numbers: -1.5 is data, "-1+cmd" (text) is not.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def frame_to_csv(df: pd.DataFrame) -> bytes:
-    """UTF-8 CSV bytes of `df`, without the index unless it is named (then it is data)."""
+    """UTF-8 CSV bytes of `df`, without the index unless it is named (then it is data).
+
+    Text cells (and column/index names) that a spreadsheet would run as a
+    formula (``= + - @``, tab, CR) get a leading ``'``; numeric columns are untouched.
+    """
     keep_index = any(name is not None for name in df.index.names)
-    return df.to_csv(index=keep_index).encode("utf-8")
+    safe = df.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column].dtype):
+            safe[column] = safe[column].map(neutralise_cell)
+    safe.columns = [neutralise_cell(c) if isinstance(c, str) else c for c in safe.columns]
+    if keep_index and not isinstance(safe.index, pd.MultiIndex) and (
+            safe.index.dtype == object or pd.api.types.is_string_dtype(safe.index.dtype)):
+        safe.index = safe.index.map(neutralise_cell).rename(safe.index.name)
+    return safe.to_csv(index=keep_index).encode("utf-8")

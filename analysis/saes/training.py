@@ -37,9 +37,15 @@ from torch import Tensor
 
 from analysis.activations import extract, resid_hook
 from analysis.models import LoadedModel
-from analysis.paths import ASSETS
+from analysis.atomic import write_atomic
+from analysis.paths import ASSETS, workspace_root
 
-SAES_DIR = ASSETS / "saes"
+SAES_DIR = ASSETS / "saes"  # the shipped SAEs: read-only, never a default output
+
+
+def default_out_dir(model_name: str, cfg: "SAETrainConfig") -> Path:
+    """Where ``repscope train-sae`` writes without ``--out``: ``workspace_root()/saes/<model>-res<layer>-<n>k``."""
+    return workspace_root() / "saes" / f"{model_name}-res{cfg.layer}-{cfg.d_sae // 1024}k"
 CHECK_TEXTS = 12
 
 # Short, topic-varied openings; the model continues each one.
@@ -327,7 +333,7 @@ def train_and_save(lm: LoadedModel, cfg: SAETrainConfig, out_dir: Path,
     t0 = time.perf_counter()
     corpus = build_corpus(lm, cfg, progress, reuse=out_dir / "corpus.json")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "corpus.json").write_text(json.dumps(corpus.to_json(), indent=1) + "\n")
+    write_atomic(out_dir / "corpus.json", json.dumps(corpus.to_json(), indent=1) + "\n")
     progress(f"corpus: {len(corpus.train)} train texts, {len(corpus.held_out)} held out "
              f"({len(corpus.generated)} generated) in {time.perf_counter() - t0:.0f}s")
     acts = token_activations(lm, list(corpus.train), cfg.layer)
@@ -346,8 +352,8 @@ def train_and_save(lm: LoadedModel, cfg: SAETrainConfig, out_dir: Path,
                     "dead_fraction_train": round(report.dead_fraction, 4),
                     "total_seconds": round(time.perf_counter() - t0, 1)})
     sae.save_model(out_dir)
-    (out_dir / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-    (out_dir / "README.md").write_text(readme(lm.name, cfg, corpus, quality))
+    write_atomic(out_dir / "quality.json", json.dumps(quality, indent=2) + "\n")
+    write_atomic(out_dir / "README.md", readme(lm.name, cfg, corpus, quality))
     return quality
 
 
