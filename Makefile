@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: pip takes the CPU wheel that lies on this machine's disk.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# The scale-out extras (Ray, nnsight) join the test env so CI runs their tests; torch stays
+	# 2.13.0 because the project pins it exactly.
+	$(BIN)/python -m pip install -q -e ".[test,scale,remote]"
 	@touch $(STAMP)
 
 # Debian's chromium drives figure export (kaleido) and the browser tests (playwright).

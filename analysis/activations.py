@@ -195,6 +195,23 @@ def extract(
     return acts
 
 
+def pool(acts: Float[torch.Tensor, "b p d"], mask, pooling: str) -> torch.Tensor | list[torch.Tensor]:
+    """Pool one right-padded batch in float32, on the activations' own device.
+
+    With a model split over devices (a device map) a late layer's activations sit
+    on another device than the inputs' mask, so the mask moves to them.
+    """
+    a = acts.to(torch.float32)
+    mask = mask.to(a.device)
+    m = mask.to(torch.float32)
+    last = mask.sum(1) - 1
+    if pooling == "last":
+        return a[torch.arange(a.shape[0], device=a.device), last]
+    if pooling == "mean":
+        return (a * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    return [a[j, : int(last[j]) + 1] for j in range(a.shape[0])]
+
+
 @torch.inference_mode()
 def _compute(lm, texts, hook_names, pooling, batch_size, progress) -> ActivationSet:
     n = len(texts)
@@ -207,21 +224,18 @@ def _compute(lm, texts, hook_names, pooling, batch_size, progress) -> Activation
         idx = order[start: start + batch_size]
         ids, mask = lm.tokenize([texts[i] for i in idx])
         cache = run_blocks(lm, ids, mask, hook_names)
-        m = mask.to(torch.float32)
-        last = mask.sum(1) - 1
         for name in hook_names:
-            a = cache[name].to(torch.float32)
-            if pooling == "last":
-                out = a[torch.arange(a.shape[0]), last]
-            elif pooling == "mean":
-                out = (a * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-            else:
-                out = [a[j, : int(last[j]) + 1] for j in range(a.shape[0])]
+            out = pool(cache[name], mask, pooling)
             for j, i in enumerate(idx):
                 pooled[name][i] = out[j].cpu().numpy()
         n_tokens[idx] = mask.sum(1).cpu().numpy()
         if progress:
             progress(min(1.0, (start + len(idx)) / n))
+    return assemble(hook_names, pooling, pooled, n_tokens)
+
+
+def assemble(hook_names, pooling: str, pooled: dict[str, list], n_tokens: np.ndarray) -> ActivationSet:
+    """Per-text pooled arrays (in text order) -> an :class:`ActivationSet` (float32)."""
     offsets = None
     if pooling == "all":
         offsets = np.concatenate([[0], np.cumsum(n_tokens)]).astype(np.int64)

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "analysis.commands.bias",      # bias
     "analysis.commands.steer",     # steer
     "analysis.commands.ches",      # ches, dpo
+    "analysis.commands.extract",   # extract (corpus -> shards; Ray Data)
     "analysis.commands.compare",   # compare, drift, audit
 )
 

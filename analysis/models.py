@@ -54,12 +54,16 @@ class ModelSpec:
     architecture: str = ""
     notes: str = ""
     sae_releases: tuple[str, ...] = ()
+    parameters: int = 0  # weight count, for the memory estimate before loading (0: unknown)
+    vocab_size: int = 0
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"model {self.key!r}: source {self.source!r} is not one of {SOURCES}")
         if self.n_layers <= 0 or self.d_model <= 0:
             raise ValueError(f"model {self.key!r}: n_layers and d_model must be positive")
+        if self.parameters < 0 or self.vocab_size < 0:
+            raise ValueError(f"model {self.key!r}: parameters and vocab_size must be >= 0")
 
     @property
     def offline(self) -> bool:
@@ -110,6 +114,10 @@ def pick_device(preferred: str | None = None) -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+SPLIT_PREFIX = "split:"  # device strings like "split:auto" (the Home page) mean a device map
 
 
 def pick_dtype(device: str, preferred: str | None = None, n_params_billion: float = 0.0):
@@ -223,21 +231,50 @@ def load_model(
     dtype: str | None = None,
     backend: Backend = "bridge",
     progress: Callable[[str], None] | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | str | None = None,
+    n_devices: int | None = None,
 ) -> LoadedModel:
     """Load (once per process) a catalogue model or any TransformerLens/HF name.
 
     ``name``: a catalogue key (``repscope models`` lists them), a hub id such as
     ``gpt2`` or ``EleutherAI/pythia-70m``, or a local HF folder. Offline, hub
     names fail within seconds with :class:`ModelLoadError`.
+
+    ``device_map`` (auto, balanced, or a dict of HF module -> device), ``max_memory``
+    and ``n_devices`` split the model across devices (accelerate, through
+    ``TransformerBridge.boot_transformers``); ``device="split:auto"`` is the same as
+    ``device_map="auto"``. Then ``lm.device`` is the embedding's device (where inputs
+    go) and activations of later layers live on their block's device.
+    Footgun: transformer-lens 3.9 refuses maps that mix CPU and GPU, or put
+    blocks on "disk"/"meta" (accelerate offload); the nnsight backend
+    (``analysis.scale``) runs those.
     """
     name = (name or DEFAULT_MODEL).strip()
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: valid backends are {BACKENDS}")
-    dev = pick_device(device)
-    key = (name, dev, dtype or "auto", backend)
+    if device and device.startswith(SPLIT_PREFIX):
+        device, device_map = None, device_map or device[len(SPLIT_PREFIX):]
+    if isinstance(device_map, str) and device_map.strip() in ("", "none"):
+        device_map = None
+    elif isinstance(device_map, str) and device_map.lstrip().startswith("{"):
+        device_map = json.loads(device_map)  # analysis.scale.parse_device_map validates CLI input
+    if max_memory and device_map is None and not n_devices:
+        device_map = "auto"  # a budget alone means: let accelerate place the layers
+    if n_devices is not None and n_devices < 1:
+        raise ValueError(f"n_devices={n_devices}: must be >= 1")
+    split = device_map is not None or (n_devices or 1) > 1
+    if split and backend != "bridge" and device_map is not None:
+        raise ValueError("device_map needs the bridge backend; the hooked backend splits only with n_devices")
+    dev = None if split else pick_device(device)
+    placement = json.dumps([device_map, {str(k): v for k, v in (max_memory or {}).items()}, n_devices], sort_keys=True)
+    key = (name, dev, dtype or "auto", backend, placement)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_uncached(name, dev, dtype, backend, progress or _stderr)
+            _LOADED[key] = _load_uncached(
+                name, dev, dtype, backend, progress or _stderr,
+                placement={"device_map": device_map, "max_memory": max_memory, "n_devices": n_devices} if split else {},
+            )
         return _LOADED[key]
 
 
@@ -245,23 +282,27 @@ def _stderr(msg: str) -> None:
     print(f"[repscope] {msg}", file=sys.stderr, flush=True)
 
 
-def _load_uncached(name: str, device: str, dtype: str | None, backend: str, progress) -> LoadedModel:
+def _load_uncached(name: str, device: str | None, dtype: str | None, backend: str, progress,
+                   placement: dict | None = None) -> LoadedModel:
 
     start = time.perf_counter()
     spec = CATALOGUE.get(name)
-    torch_dtype = pick_dtype(device, dtype)
+    placement = placement or {}
+    torch_dtype = pick_dtype(device or ("cuda" if _has_cuda() else "cpu"), dtype)
     if spec is not None and spec.offline:
         folder = gguf_convert.ensure_converted(progress=progress)
-        model, tok = _boot(str(folder), folder, device, torch_dtype, backend, tl_name=spec.hf_id)
+        model, tok = _boot(str(folder), folder, device, torch_dtype, backend, tl_name=spec.hf_id, **placement)
     else:
         hf_id = spec.hf_id if spec else name
         local = Path(hf_id).expanduser()
         if local.is_dir():
-            model, tok = _boot(str(local), local, device, torch_dtype, backend, tl_name=None)
+            model, tok = _boot(str(local), local, device, torch_dtype, backend, tl_name=None, **placement)
         else:
             _check_hub_available(hf_id)
-            model, tok = _boot(hf_id, None, device, torch_dtype, backend, tl_name=hf_id)
+            model, tok = _boot(hf_id, None, device, torch_dtype, backend, tl_name=hf_id, **placement)
     model.eval()
+    if device is None:  # split: inputs go where the embedding sits
+        device = str(getattr(model.cfg, "device", None) or "cpu")
     lm = LoadedModel(
         name=name, model=model, tokenizer=tok, device=device, backend=backend, spec=spec,
         load_seconds=time.perf_counter() - start,
@@ -270,7 +311,14 @@ def _load_uncached(name: str, device: str, dtype: str | None, backend: str, prog
     return lm
 
 
-def _boot(source: str, folder: Path | None, device: str, torch_dtype, backend: str, tl_name: str | None):
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _boot(source: str, folder: Path | None, device: str | None, torch_dtype, backend: str, tl_name: str | None,
+          device_map=None, max_memory=None, n_devices=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -279,14 +327,16 @@ def _boot(source: str, folder: Path | None, device: str, torch_dtype, backend: s
             from transformer_lens.model_bridge import TransformerBridge
 
             model = TransformerBridge.boot_transformers(
-                source, tokenizer=tok, dtype=torch_dtype, device=device
+                source, tokenizer=tok, dtype=torch_dtype, device=device,
+                device_map=device_map, max_memory=max_memory, n_devices=n_devices,
             )
         else:
             from transformer_lens import HookedTransformer
 
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
             model = HookedTransformer.from_pretrained_no_processing(
-                tl_name or source, hf_model=hf, tokenizer=tok, dtype=torch_dtype, device=device
+                tl_name or source, hf_model=hf, tokenizer=tok, dtype=torch_dtype, device=device,
+                n_devices=n_devices or 1,
             )
     except OSError as err:
         raise ModelLoadError(_unavailable_message(source, str(err))) from err
@@ -320,6 +370,7 @@ def describe(lm: LoadedModel) -> dict[str, Any]:
         "model": lm.name,
         "backend": lm.backend,
         "device": lm.device,
+        "devices": sorted({str(p.device) for p in lm.model.parameters()}),
         "dtype": str(lm.dtype).replace("torch.", ""),
         "layers": lm.n_layers,
         "d_model": lm.d_model,

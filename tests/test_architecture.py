@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("concepts", "saes", "bias", "steering", "likelihood", "inspection", "compare")
+METHODS = ("concepts", "saes", "bias", "steering", "likelihood", "inspection", "compare", "scale")
 LEAVES = ("models", "activations", "logprobs", "sampling", "paths", "uploads", "hub", "errors", "vectors",
           "progress", "gguf_convert")
 

@@ -26,15 +26,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="catalogue key, hub id or local HF folder (default: offline Gemma-3-270M)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help='split the model over devices: auto, balanced, or a JSON map {"model.layers.0": 0, ...}')
+    p.add_argument("--max-memory", default=None, metavar="BUDGET",
+                   help="per-device budget for the split, e.g. 0=20GiB,1=20GiB,cpu=64GiB (implies --device-map auto)")
 
 
-def load_from_args(args):
-    """Check every option (:func:`analysis.commands.checks.check_args`), then load."""
+def load_from_args(args, *, batch_size: int | None = None, seq_len: int = 256, n_hooks: int = 1):
+    """Check every option (:func:`analysis.commands.checks.check_args`) and the memory estimate, then load."""
     from analysis.commands.checks import check_args
     from analysis.models import load_model
+    from analysis.scale import check_fits, parse_device_map, parse_max_memory
 
     check_args(args)  # bad input exits with one line before the 10-20 s model load
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    device_map = parse_device_map(getattr(args, "device_map", None))
+    max_memory = parse_max_memory(getattr(args, "max_memory", None))
+    check_fits(args.model, device=args.device, dtype=args.dtype, device_map=device_map, max_memory=max_memory,
+               batch_size=batch_size or getattr(args, "batch_size", None) or 16, seq_len=seq_len, n_hooks=n_hooks)
+    return load_model(args.model, device=None if device_map or max_memory else args.device, dtype=args.dtype,
+                      device_map=device_map, max_memory=max_memory)
 
 
 def write_figure(fig, frame, recipe: dict, out: Path, stem: str, formats: list[str]) -> list[Path]:
