@@ -48,6 +48,10 @@ from analysis.concepts.cavs import (  # noqa: F401
     similarity_frame,
     fit_from_config,
 )
+from analysis.concepts.logistic import (  # noqa: F401
+    fit_logistic_batched,
+    fit_logistic_gram,
+)
 from analysis.concepts.projection import (  # noqa: F401
     METHODS,
     project,
@@ -88,6 +92,8 @@ __all__ = [
     "fit_cavs_arrays",
     "fit_from_config",
     "fit_logistic",
+    "fit_logistic_batched",
+    "fit_logistic_gram",
     "fit_mean_diff",
     "load_all_sets",
     "load_concepts",
