@@ -223,9 +223,11 @@ def test_cli_compare_lens_and_bad_state(tiny_bridge_lm, tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     assert code == 0
     assert (tmp_path / "o" / "compare_lens.csv").is_file() and (tmp_path / "o" / "compare_lens.recipe.json").is_file()
-    from analysis.recipes import read_recipe, run_recipe
+    from analysis.compare.recipes import RECIPES
+    from analysis.recipes import read_recipe
 
-    fig, frame = run_recipe(read_recipe(tmp_path / "o" / "compare_lens.recipe.json"), lm=lm)
+    recipe = read_recipe(tmp_path / "o" / "compare_lens.recipe.json")
+    fig, frame = RECIPES[recipe["figure"]](lm, recipe["config"])
     assert np.all(frame.kl == 0)  # base vs base
 
 
@@ -235,3 +237,54 @@ def test_config_from_dict_rejects_unknown_keys():
     with pytest.raises(ValueError, match="valid views"):
         CompareConfig(view="nope")
     assert StateSpec("base") == parse_state("base")
+
+
+def test_checkpoint_state_runs_on_a_copy_and_finds_the_planted_edit(tiny_lm, tiny_workspace):
+    """A DPO checkpoint (here: the edited weights saved through the checkpoint store) is loaded into a
+    copy: the comparison sees the edit and the shared model keeps its weights."""
+    from analysis.likelihood import save_checkpoint
+
+    before = tiny_lm.model.W_E.detach().clone()
+    save_checkpoint(edited(tiny_lm).model, {"model": tiny_lm.name, "backend": tiny_lm.backend}, "planted")
+    result = compare(tiny_lm, CompareConfig(a="base", b="ckpt:planted", view="concepts", concepts=tuple(TINY_CONCEPTS),
+                                            acc_threshold=0.8, max_background=48))
+    assert dict(zip(result.concepts, result.moved)) == {"tiny_happy": True, "tiny_weather": False, "tiny_colour": False}
+    assert torch.equal(tiny_lm.model.W_E, before)
+    with pytest.raises(ValueError, match="unknown DPO checkpoint"):
+        compare(tiny_lm, CompareConfig(a="base", b="ckpt:nope", view="lens", prompt="the cat"))
+
+
+def test_audit_tells_a_targeted_vector_from_random_directions(tiny_lm, tiny_workspace, tmp_path):
+    """A vector along tiny_happy's own direction shifts tiny_happy more than every random direction of its norm."""
+    from analysis.compare import activations, compute_audit, pick_texts
+    from analysis.steering import SteeringVector
+
+    cfg = CompareConfig(view="concepts", concepts=tuple(TINY_CONCEPTS), acc_threshold=0.8, max_background=48)
+    texts, background = pick_texts(cfg, cfg.concepts)
+    pos, neg = activations(tiny_lm, texts, background)
+    vectors = np.zeros((tiny_lm.n_layers, tiny_lm.d_model), np.float32)
+    vectors[0] = pos["tiny_happy"][0].mean(0) - neg[0].mean(0)
+    path = SteeringVector(model=tiny_lm.name, vectors=vectors, layers=(0,)).save(tmp_path / "happy.safetensors")
+    result = compute_audit(tiny_lm, f"steer:{path}@alpha=1", cfg, n_random=9)
+    tiny_lm.assert_clean()
+    p = dict(zip(result.concepts, result.p_value))
+    assert p["tiny_happy"] == pytest.approx(0.1)  # the smallest p nine random directions allow
+    assert result.random.shape == (3, 9)
+
+
+@pytest.mark.parametrize("kind, view", [("compare_bias", "bias"), ("compare_concepts", "concepts"),
+                                        ("compare_likelihood", "likelihood")])
+def test_recipes_rebuild_the_figure_headlessly(tiny_lm, tiny_workspace, kind, view):
+    from analysis.compare.recipes import RECIPES
+    from analysis.recipes import RECIPE_MODULES, make_recipe
+
+    assert "analysis.compare.recipes" in RECIPE_MODULES  # what `repscope figure` runs
+
+    cfg = CompareConfig(a="base", b="base", view=view, preset="review_sentiment", concepts=() if view == "bias"
+                        else tuple(TINY_CONCEPTS), acc_threshold=0.5, max_texts=8, max_background=20,
+                        n_bootstrap=20, n_permutations=19, max_pairs=3)
+    recipe = make_recipe(kind, tiny_lm.name, cfg.to_dict())
+    fig, frame = RECIPES[recipe["figure"]](tiny_lm, recipe["config"])
+    assert len(fig.data) >= 1 and len(frame) > 0
+    if view == "likelihood":
+        assert np.all(frame.delta_logp_chosen == 0) and np.all(frame.ches_a == frame.ches_b)

@@ -4,7 +4,7 @@ Bias per state is ``analysis.bias``'s estimator (cosines of CAVs, METHODS §2),
 summarised over the layers that pass the accuracy rule **in both states** (so
 the difference compares the same layers). Uncertainty and significance reuse
 the bias package's resampling (``bootstrap_draws``, ``mean_diff``,
-``weighted_means``):
+``weighted_means``, ``p_two_sided``):
 
 * bootstrap: every concept's texts and the background are redrawn with the
   *same* draws in A and B (a text is the same text in both states), mean_diff
@@ -30,7 +30,8 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from analysis.bias import (
-    BiasConfig, bias_values, bootstrap_draws, choose_layers, mean_diff, percentile_ci, summarise, weighted_means,
+    BiasConfig, bias_values, bootstrap_draws, choose_layers, mean_diff, p_two_sided, percentile_ci, summarise,
+    weighted_means,
 )
 from analysis.sampling import rng
 
@@ -98,10 +99,13 @@ def delta_bias_from_arrays(
 ) -> DeltaBias:
     """ΔBias from both states' activations and fitted CAVs (indexed by ``config.concepts``)."""
     names, layers = config.concepts, [int(l) for l in layers]
-    point_a = _bias({n: vectors_a[i] for i, n in enumerate(names)}, config)
-    point_b = _bias({n: vectors_b[i] for i, n in enumerate(names)}, config)
     md = {s: _bias({n: mean_diff(p[n], g) for n in names}, config) for s, (p, g) in
           {"a": (pos_a, neg_a), "b": (pos_b, neg_b)}.items()}
+    if config.cav_method == "mean_diff":  # the bias view's default: the point estimate is the md one
+        point_a, point_b = md["a"], md["b"]
+    else:
+        point_a = _bias({n: vectors_a[i] for i, n in enumerate(names)}, config)
+        point_b = _bias({n: vectors_b[i] for i, n in enumerate(names)}, config)
     boot_a, _ = bootstrap_draws(pos_a, neg_a, config.n_bootstrap, config.seed)
     boot_b, _ = bootstrap_draws(pos_b, neg_b, config.n_bootstrap, config.seed)  # the same draws: paired
     boot = _bias(boot_b, config) - _bias(boot_a, config)  # (b, t, l)
@@ -114,7 +118,6 @@ def delta_bias_from_arrays(
     chosen = np.zeros((n_t, len(layers)), bool)
     messages = {}
     idx = {n: i for i, n in enumerate(names)}
-    rows = None
     for ti, t in enumerate(config.targets):
         rows = [idx[t], idx[config.ref1], idx[config.ref2]]
         try:
@@ -138,7 +141,7 @@ def delta_bias_from_arrays(
         out["lo"][ti], out["hi"][ti] = lo, hi
         observed = summarise(md["b"][ti] - md["a"][ti], mask)
         nulls[ti] = summarise(null[:, ti], mask)
-        out["p"][ti] = (1 + np.sum(np.abs(nulls[ti]) >= np.abs(observed) - 1e-12)) / (1 + config.n_permutations)
+        out["p"][ti] = p_two_sided(observed, nulls[ti])
     return DeltaBias(
         targets=tuple(config.targets), refs=(config.ref1, config.ref2), layers=tuple(layers),
         bias_a=point_a, bias_b=point_b, chosen=chosen, summary_a=out["sa"], summary_b=out["sb"], delta=out["d"],
