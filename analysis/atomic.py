@@ -75,6 +75,7 @@ def write_batch(folder: str | Path, files: Mapping[str, bytes | str]) -> list[Pa
         _check_target(path)
     folder.mkdir(parents=True, exist_ok=True)
     temps: dict[str, Path] = {}
+    committed = False
     try:
         for name, data in files.items():
             temps[name] = _write_temp(targets[name], data)
@@ -82,14 +83,17 @@ def write_batch(folder: str | Path, files: Mapping[str, bytes | str]) -> list[Pa
             manifest = _write_temp(folder / "batch", json.dumps(
                 [[temps[n].name, n] for n in files]), suffix=MANIFEST_SUFFIX)
             _fsync_dir(folder)  # the manifest is the commit point: it must be on disk first
+            committed = True
             for name in files:
                 os.replace(temps[name], targets[name])
             _fsync_dir(folder)
             manifest.unlink()
             _fsync_dir(folder)
     except BaseException:
-        for tmp in temps.values():
-            _unlink(tmp)
+        if not committed:  # nothing applied yet: drop the temps
+            for tmp in temps.values():
+                _unlink(tmp)
+        # after the commit point the temps and manifest stay: recover() finishes the batch
         raise
     return list(targets.values())
 

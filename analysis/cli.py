@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         return f"repscope {args.command}: {what}: {text}"
 
     shown: set[str] = set()
+    default_show = warnings.showwarning
 
-    def warn(message, category, *rest, **kw) -> None:  # one line per warning, each once, no source excerpt
-        line = one_line("warning", message)
+    def warn(message, category, *rest, **kw) -> None:
+        if not issubclass(category, UserWarning):  # library deprecations: Python's usual display
+            return default_show(message, category, *rest, **kw)
+        line = one_line("warning", message)  # ours (e.g. a skipped workspace file): one line, once
         if line not in shown:
             shown.add(line)
             print(line, file=sys.stderr)
