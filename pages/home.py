@@ -6,13 +6,15 @@ import streamlit as st
 
 from analysis.gguf_convert import converted_folder, is_converted
 from analysis.models import CATALOGUE, DEFAULT_MODEL, describe
+from analysis.scale import InsufficientMemory, check_fits
 from app import state
 from app.text import md_escape
 from app.widgets import (
     gemma_terms, is_gemma, page_links, process_memory, registered_pages, switch_model,
 )
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps", "split:auto", "split:balanced")
+DEVICE_LABELS = {"split:auto": "split over GPUs (auto)", "split:balanced": "split over GPUs (balanced)"}
 # The default first, then the catalogue in file order.
 CHOICES = [DEFAULT_MODEL] + [k for k in CATALOGUE if k != DEFAULT_MODEL]
 
@@ -44,7 +46,12 @@ picker, status = st.container(), st.container()
 with status:
     pending = st.session_state.pop("home_pending", None)
     if pending is not None:
-        if switch_model(*pending) is None:
+        try:  # the memory estimate refuses before any weights load, naming what would fit
+            check_fits(pending[0], device=pending[1])
+        except InsufficientMemory as err:
+            st.error(str(err))
+            pending = None
+        if pending is None or switch_model(*pending) is None:
             _sync_widgets()
     elif "home_pick" not in st.session_state:
         _sync_widgets()
@@ -66,7 +73,10 @@ with picker:
         placeholder="e.g. gpt2, EleutherAI/pythia-70m, /data/my-model",
         help="When filled, this is loaded instead of the catalogue choice.",
     )
-    right.selectbox("Device", DEVICES, key="home_device")
+    right.selectbox(
+        "Device", DEVICES, key="home_device", format_func=lambda d: DEVICE_LABELS.get(d, d),
+        help="'split' places the layers over every GPU (accelerate device map) for models larger than one GPU.",
+    )
     right.button("Load", type="primary", on_click=_queue_load, icon=":material/download:", width="stretch")
     selected = st.session_state["home_custom"].strip() or st.session_state["home_pick"]
     if is_gemma(selected) or is_gemma(state.model_name()):
