@@ -7,7 +7,14 @@ from pathlib import Path
 import streamlit as st
 
 from analysis.bias import load_presets
-from analysis.compare import CompareConfig, DriftConfig, check_state, compare, compute_audit, compute_drift
+from analysis.compare import (
+    CompareConfig,
+    DriftConfig,
+    check_state,
+    compare,
+    compute_audit,
+    compute_drift,
+)
 from analysis.compare import figures as F
 from analysis.paths import workspace_root
 from analysis.progress import Stopped
@@ -136,7 +143,7 @@ with tab_drift:
         dcfg = DriftConfig(preset=preset, steps=steps, lr=float(lr), max_pairs=pairs, max_texts=max_texts,
                            max_background=2 * max_texts)
     except ValueError as err:
-        st.error(f"Drift settings: {err}")
+        show_error(f"Drift settings: {err}")
         dcfg = None
     if dcfg is not None:
         run_col, stop_col = st.columns(2)

@@ -11,8 +11,19 @@ import torch
 
 from analysis.bias import BiasConfig
 from analysis.compare import (
-    CompareConfig, DriftConfig, StateSpec, activate, boot_weights, compare, delta_bias_from_arrays, excludes_zero,
-    interval, module_activations, parse_state, project, shift,
+    CompareConfig,
+    DriftConfig,
+    StateSpec,
+    activate,
+    boot_weights,
+    compare,
+    delta_bias_from_arrays,
+    excludes_zero,
+    interval,
+    module_activations,
+    parse_state,
+    project,
+    shift,
 )
 from analysis.models import LoadedModel
 
@@ -227,7 +238,7 @@ def test_cli_compare_lens_and_bad_state(tiny_bridge_lm, tmp_path, capsys):
     from analysis.recipes import read_recipe
 
     recipe = read_recipe(tmp_path / "o" / "compare_lens.recipe.json")
-    fig, frame = RECIPES[recipe["figure"]](lm, recipe["config"])
+    _, frame = RECIPES[recipe["figure"]](lm, recipe["config"])
     assert np.all(frame.kl == 0)  # base vs base
 
 

@@ -30,7 +30,14 @@ import numpy as np
 from jaxtyping import Bool, Float
 
 from analysis.bias import (
-    BiasConfig, bias_values, bootstrap_draws, choose_layers, mean_diff, p_two_sided, percentile_ci, summarise,
+    BiasConfig,
+    bias_values,
+    bootstrap_draws,
+    choose_layers,
+    mean_diff,
+    p_two_sided,
+    percentile_ci,
+    summarise,
     weighted_means,
 )
 from analysis.sampling import rng

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from analysis.activations import resid_hook
-from analysis.compare.shifts import boot_weights, excludes_zero, interval, project, relative, shift
+from analysis.compare.shifts import (
+    boot_weights,
+    excludes_zero,
+    interval,
+    project,
+    relative,
+    shift,
+)
 from analysis.compare.views import activations, fit_state_cavs, pick_texts
 from analysis.progress import Progress, Stopped, report, scaled
 from analysis.recipes import check_config_keys
@@ -76,7 +83,7 @@ class DriftConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DriftConfig":
+    def from_dict(cls, d: dict) -> DriftConfig:
         check_config_keys(cls, d, "drift")
         d = dict(d)
         d["concepts"] = tuple(d.get("concepts") or ())
@@ -213,7 +220,7 @@ def compute_drift(base, config: DriftConfig, progress: Progress | None = None) -
                 # A run of `step` steps from the same seed ends where step `step` of a longer
                 # run is (full-batch DPO on CPU is deterministic), so each step is its own run.
                 dpo = DPOConfig(beta=config.beta, lr=config.lr, steps=step)
-                run = run_dpo(base, pairs, dpo, progress=part, keep_model=True)
+                run = run_dpo(base, pairs, dpo, progress=scaled(part, 0.0, 0.9), keep_model=True)
                 if run.stopped_early or run.module is None:
                     raise Stopped(f"stopped during the run to step {step}")
                 history = [dict(r) for r in run.history]
@@ -270,10 +277,10 @@ def random_like(vector, layers, seed: int):
 
 def compute_audit(base, spec: str, config, progress: Progress | None = None, *, n_random: int = 19) -> AuditResult:
     """Raw shift of each concept (``config``: a :class:`CompareConfig`) under steered state ``spec`` vs random."""
+    from pathlib import Path
+
     from analysis.compare.states import check_state
     from analysis.steering import SteeringVector, apply
-
-    from pathlib import Path
 
     spec = check_state(spec)
     if spec.kind != "steer":

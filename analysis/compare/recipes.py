@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from analysis.compare.drift import DriftConfig, compute_audit, compute_drift
 from analysis.compare.figures import (
-    audit_figure, delta_bias_figure, delta_concepts_figure, delta_cosine_figure, drift_figure, lens_kl_figure,
+    audit_figure,
+    delta_bias_figure,
+    delta_concepts_figure,
+    delta_cosine_figure,
+    drift_figure,
+    lens_kl_figure,
     likelihood_figure,
 )
 from analysis.compare.views import CompareConfig, compare

@@ -28,9 +28,9 @@ import dataclasses
 import hashlib
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from analysis.models import LoadedModel
 

@@ -75,7 +75,7 @@ class CompareConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CompareConfig":
+    def from_dict(cls, d: dict) -> CompareConfig:
         check_config_keys(cls, d, "compare")
         d = dict(d)
         d["concepts"] = tuple(d.get("concepts") or ())
@@ -198,7 +198,14 @@ class ConceptDelta:
 
 def concept_delta_from_arrays(pa, na, pb, nb, cavs_a, cavs_b, *, acc_threshold: float, n_bootstrap: int,
                               seed: int, ci: float) -> ConceptDelta:
-    from analysis.compare.shifts import boot_weights, excludes_zero, interval, project, relative, shift
+    from analysis.compare.shifts import (
+        boot_weights,
+        excludes_zero,
+        interval,
+        project,
+        relative,
+        shift,
+    )
     from analysis.vectors import cosine_matrix
 
     names = tuple(cavs_a.concepts)
