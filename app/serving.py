@@ -29,13 +29,17 @@ def bind_problem(address: str | None, allow_remote: bool) -> str | None:
             "(or run `repscope app --allow-remote`).")
 
 
-def guard_server() -> None:
-    """Error details off outside development; stop the page on a non-loopback bind (see module doc)."""
+def guard_server(get_option=None) -> None:
+    """Error details off outside development; stop the page on a non-loopback bind (see module doc).
+
+    ``get_option`` defaults to ``st.get_option`` (tests pass a fake to play a server's settings).
+    """
+    get_option = get_option or st.get_option
     if os.environ.get("REPSCOPE_DEV") != "1":
         st.set_option("client.showErrorDetails", "none")
-    if st.get_option("global.appTest"):  # streamlit.testing's AppTest: no server, no socket
+    if get_option("global.appTest"):  # streamlit.testing's AppTest: no server, no socket
         return
-    problem = bind_problem(st.get_option("server.address"), os.environ.get("REPSCOPE_ALLOW_REMOTE") == "1")
+    problem = bind_problem(get_option("server.address"), os.environ.get("REPSCOPE_ALLOW_REMOTE") == "1")
     if problem:
         st.error(problem)
         st.stop()

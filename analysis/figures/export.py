@@ -214,11 +214,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 def neutralise_cell(value):
     """``value`` with a leading ``'`` when it is text a spreadsheet would run as a formula.
 
-    Numbers stay numbers: -1.5 is data, "-1+cmd" (text) is not.
+    Numbers stay numbers: -1.5 is data, "-1+cmd" (text) is not. Carriage returns
+    in text become ``\n`` (which pandas quotes), so no cell can break its row.
     """
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\r\n", "\n").replace("\r", "\n")  # a bare CR is not quoted by pandas: it would split the row
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def frame_to_csv(df: pd.DataFrame) -> bytes:
