@@ -28,6 +28,7 @@ PAGES = [
     ("steering.py", "Steering", ":material/navigation:"),
     ("likelihood.py", "Likelihood", ":material/trending_down:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("methods.py", "Methods", ":material/menu_book:"),
 ]
 
 pages = [
