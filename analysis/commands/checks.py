@@ -14,6 +14,23 @@ import math
 from pathlib import Path
 
 
+def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
+    """``"0-17"``, ``"3,5,7"``, ``"0-4,10"`` or ``"all"``/None → layer tuple (None = all)."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return None
+    spans: list[tuple[int, int]] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            spans.append((int(lo), int(hi) if hi else int(lo)))
+    except ValueError:
+        raise ValueError(f"--layers {spec!r}: write a range like 0-17, a list like 3,5,7, or 'all'") from None
+    # Bounds first, then expand: "0-999999999" must not build a billion-element list.
+    if not spans or any(not 0 <= lo <= hi < n_layers for lo, hi in spans):
+        raise ValueError(f"--layers {spec!r}: layers must be within 0-{n_layers - 1}, ranges written low-high")
+    return tuple(sorted({layer for lo, hi in spans for layer in range(lo, hi + 1)}))
+
+
 def catalogue_layers(model: str | None) -> int | None:
     """Layer count of a catalogue model (key or hub id; None: the default), else None."""
     from analysis.models import CATALOGUE, DEFAULT_MODEL
@@ -121,9 +138,7 @@ def check_args(args) -> None:
     if isinstance(get("background"), str) and command in ("cav",):
         check_concepts((get("background"),), "--background", kind="background")
     if isinstance(get("layers"), str):
-        from analysis.commands.concepts import parse_layers
-
-        parse_layers(get("layers"), n_layers if n_layers is not None else 10**6)
+        parse_layers(get("layers"), n_layers if n_layers is not None else 4096)
     for flag in ("layer", "similarity_layer"):
         if isinstance(get(flag), int):
             check_layer(get(flag), "--" + flag.replace("_", "-"), n_layers)

@@ -4,24 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.commands.checks import parse_layers  # noqa: F401 - re-exported (tests, other commands)
 from analysis.commands.core import add_model_args, load_from_args, write_figure
-
-
-def parse_layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
-    """``"0-17"``, ``"3,5,7"``, ``"0-4,10"`` or ``"all"``/None → layer tuple (None = all)."""
-    if spec is None or spec.strip().lower() in ("", "all"):
-        return None
-    layers: list[int] = []
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.strip().partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise ValueError(f"--layers {spec!r}: write a range like 0-17, a list like 3,5,7, or 'all'") from None
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers:
-        raise ValueError(f"--layers {spec!r}: layers must be within 0-{n_layers - 1}")
-    return tuple(sorted(set(layers)))
 
 
 def _list(args) -> int:
