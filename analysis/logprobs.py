@@ -71,8 +71,9 @@ def prediction_mask(n_prompt, n_response, width: int) -> Bool[Tensor, "b p"]:
 
 
 def target_logprobs(logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..."]) -> Float[Tensor, "..."]:
-    """log p(target) under softmax(logits), float32, without a full log-softmax copy. Keeps gradients."""
-    logits = logits.float()
+    """log p(target) under softmax(logits), in float32 (float64 stays float64), without a full log-softmax copy.
+    Keeps gradients."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     picked = logits.gather(-1, targets[..., None].long())[..., 0]
     return picked - torch.logsumexp(logits, dim=-1)
 

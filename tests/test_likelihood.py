@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.likelihood.dpo import DPOConfig, DPOMemoryError, check_memory, compare_indicators, run_dpo, watch_token_ids
-from analysis.likelihood.ches import (
-    LikelihoodConfig, ches, encode, filter_by_percentile, lm_logits_fn, normalized_edit_distance, rank_pairs,
-    response_stats, score_pairs, token_jaccard, topk_indicators,
+from analysis.likelihood import (
+    DPOConfig, DPOMemoryError, LikelihoodConfig, check_memory, ches, compare_indicators, encode, filter_by_percentile,
+    lm_logits_fn, normalized_edit_distance, rank_pairs, response_stats, run_dpo, score_pairs, token_jaccard,
+    topk_indicators, watch_token_ids,
 )
 from analysis.likelihood.preferences import (
     PreferencePair, export_jsonl, load_shipped, parse_preferences, render_messages,
@@ -24,6 +24,21 @@ TINY_PAIRS = [
     PreferencePair("a dog", " is big and red", " was small and bad ."),
     PreferencePair("the man went to", " paris", " france in the night"),
 ]
+
+
+# Exactness checks run on a float64 copy of the tiny model: float64 rounding (2.2e-16 per op, a few
+# hundred ops per number of size ~10) stays below 1e-11, so a 1e-9 tolerance tests the code, not the CPU.
+EXACT = dict(rel=1e-9, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    from tests.conftest import make_tiny_lm
+
+    lm = make_tiny_lm(seed=0, name="tiny64")
+    lm.model.to(torch.float64)
+    lm.model.cfg.dtype = torch.float64
+    return lm
 
 
 def _lines(records) -> bytes:
@@ -65,7 +80,7 @@ def _manual_logp(lm, prompt, response):
     py = lm.tokenizer(response, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([px + py])
     with torch.no_grad():
-        logp = lm.model(ids).log_softmax(-1)[0]
+        logp = lm.model(ids).double().log_softmax(-1)[0]
     return np.array([float(logp[len(px) - 1 + j, t]) for j, t in enumerate(py)])
 
 
@@ -77,40 +92,70 @@ def _manual_h_sum(lm, prompt, response):
         logits, cache = lm.model.run_with_cache(torch.tensor([px + py]), names_filter=["ln_final.hook_normalized"])
     h = cache["ln_final.hook_normalized"][0] * lm.model.ln_final.w + lm.model.ln_final.b
     # h_final is the input of the unembedding: it reproduces the logits.
-    torch.testing.assert_close(h @ lm.model.W_U + lm.model.b_U, logits[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h @ lm.model.W_U + lm.model.b_U, logits[0], rtol=1e-12, atol=1e-12)
     return h[len(px) - 1: len(px) + len(py) - 1].detach().double().sum(0).numpy()
 
 
-def test_logprobs_equal_manual_log_softmax_gather(tiny_lm):
-    stats = response_stats(tiny_lm, [p.prompt for p in TINY_PAIRS], [p.chosen for p in TINY_PAIRS],
+def test_logprobs_equal_manual_log_softmax_gather(tiny64):
+    stats = response_stats(tiny64, [p.prompt for p in TINY_PAIRS], [p.chosen for p in TINY_PAIRS],
                            LikelihoodConfig(batch_size=3))
     for i, p in enumerate(TINY_PAIRS):
-        want = _manual_logp(tiny_lm, p.prompt, p.chosen)
-        np.testing.assert_allclose(stats.token_logps[i], want, rtol=1e-5, atol=1e-5)
-        assert stats.logp[i] == pytest.approx(want.sum(), rel=1e-5, abs=1e-5)
+        want = _manual_logp(tiny64, p.prompt, p.chosen)
+        np.testing.assert_allclose(stats.token_logps[i], want, rtol=1e-9, atol=1e-9)
+        assert stats.logp[i] == pytest.approx(want.sum(), **EXACT)
         assert stats.n_tokens[i] == len(want)
-        np.testing.assert_allclose(stats.h_sum[i], _manual_h_sum(tiny_lm, p.prompt, p.chosen), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats.h_sum[i], _manual_h_sum(tiny64, p.prompt, p.chosen), rtol=1e-9, atol=1e-9)
 
 
-def test_batched_equals_per_example_tiny(tiny_lm):
+def test_batched_equals_per_example_tiny(tiny64):
+    batched = score_pairs(tiny64, TINY_PAIRS, LikelihoodConfig(batch_size=8))
+    for i, p in enumerate(TINY_PAIRS):
+        alone = score_pairs(tiny64, [p], LikelihoodConfig(batch_size=1))
+        assert batched.ches[i] == pytest.approx(alone.ches[0], **EXACT)
+        assert batched.ches_ln[i] == pytest.approx(alone.ches_ln[0], **EXACT)
+        assert batched.chosen.logp[i] == pytest.approx(alone.chosen.logp[0], **EXACT)
+        assert batched.rejected.topk_mass[i] == pytest.approx(alone.rejected.topk_mass[0], **EXACT)
+
+
+def test_batched_equals_per_example_float32_within_derived_tolerance(tiny_lm):
+    """float32: padding changes the summation order of the attention and matmuls. Each number is a sum of
+    ~d_model = 32 products of terms of size ~1-10, so the rounding is ~32 * 10 * 6e-8 ≈ 2e-5 relative to
+    the largest term; CHES is a difference of terms of size |S|^2, so it is compared relative to |S+|^2."""
     batched = score_pairs(tiny_lm, TINY_PAIRS, LikelihoodConfig(batch_size=8))
+    eps = float(np.finfo(np.float32).eps)
     for i, p in enumerate(TINY_PAIRS):
         alone = score_pairs(tiny_lm, [p], LikelihoodConfig(batch_size=1))
-        assert batched.ches[i] == pytest.approx(alone.ches[0], rel=1e-5, abs=1e-6)
-        assert batched.ches_ln[i] == pytest.approx(alone.ches_ln[0], rel=1e-5, abs=1e-6)
-        assert batched.chosen.logp[i] == pytest.approx(alone.chosen.logp[0], rel=1e-5)
-        assert batched.rejected.topk_mass[i] == pytest.approx(alone.rejected.topk_mass[0], rel=1e-5)
+        scale = float(alone.chosen.h_sum[0] @ alone.chosen.h_sum[0])
+        assert abs(batched.ches[i] - alone.ches[0]) <= 1000 * eps * scale
+        assert batched.chosen.logp[i] == pytest.approx(alone.chosen.logp[0], rel=1000 * eps, abs=1000 * eps)
 
 
-def test_ches_from_model_matches_definition_and_single_token_pairs_are_zero(tiny_lm):
-    scores = score_pairs(tiny_lm, TINY_PAIRS)
+def test_ches_from_model_matches_definition_and_single_token_pairs_are_zero(tiny64):
+    scores = score_pairs(tiny64, TINY_PAIRS)
     for i, p in enumerate(TINY_PAIRS):
-        sp, sm = _manual_h_sum(tiny_lm, p.prompt, p.chosen), _manual_h_sum(tiny_lm, p.prompt, p.rejected)
-        assert scores.ches[i] == pytest.approx(sp @ sm - sp @ sp, rel=1e-5, abs=1e-5)
+        sp, sm = _manual_h_sum(tiny64, p.prompt, p.chosen), _manual_h_sum(tiny64, p.prompt, p.rejected)
+        assert scores.ches[i] == pytest.approx(sp @ sm - sp @ sp, **EXACT)
         n_p, n_m = scores.chosen.n_tokens[i], scores.rejected.n_tokens[i]
-        assert scores.ches_ln[i] == pytest.approx((sp / n_p) @ (sm / n_m) - (sp / n_p) @ (sp / n_p), rel=1e-5, abs=1e-6)
+        assert scores.ches_ln[i] == pytest.approx((sp / n_p) @ (sm / n_m) - (sp / n_p) @ (sp / n_p), **EXACT)
     # One-token responses share their only predicting position (the last prompt token): S+ = S-.
-    assert scores.ches[0] == pytest.approx(0.0, abs=1e-9)
+    assert scores.ches[0] == 0.0
+
+
+def test_append_eos_adds_the_eos_predicting_position(tiny64):
+    """With append_eos, S sums one more position (the one predicting EOS) and L counts it."""
+    tok = tiny64.tokenizer
+    scores = score_pairs(tiny64, TINY_PAIRS, LikelihoodConfig(append_eos=True))
+    for i, p in enumerate(TINY_PAIRS):
+        s = []
+        for y in (p.chosen, p.rejected):
+            px, py = tok(p.prompt)["input_ids"], tok(y, add_special_tokens=False)["input_ids"]
+            ids = px + py + [tok.eos_token_id]
+            with torch.no_grad():
+                _, cache = tiny64.model.run_with_cache(torch.tensor([ids]), names_filter=["unembed.hook_in"])
+            s.append(cache["unembed.hook_in"][0, len(px) - 1: len(ids) - 1].double().sum(0).numpy())
+            assert len(ids) - len(px) == (scores.chosen if y == p.chosen else scores.rejected).n_tokens[i]
+        assert scores.ches[i] == pytest.approx(s[0] @ s[1] - s[0] @ s[0], **EXACT)
+    assert scores.ches[0] != 0.0  # the EOS position sees y+ or y-, so single-token pairs differ now
 
 
 def test_rank_pairs_frame(tiny_lm):
@@ -141,10 +186,10 @@ def test_dpo_step_lowers_loss_and_shared_model_is_unchanged(tiny_lm):
     before = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
     seen = []
     result = run_dpo(tiny_lm, TINY_PAIRS, DPOConfig(steps=2, lr=1e-3, watch_tokens=(" yes", " no")),
-                     callback=seen.append)
+                     on_step=seen.append)
     hist = result.history
     assert [r["step"] for r in hist] == [0, 1, 2] and len(seen) == 3
-    assert hist[0]["loss"] == pytest.approx(np.log(2), abs=1e-5)  # the copy equals the reference
+    assert hist[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)  # the copy is its own reference at step 0
     assert hist[1]["loss"] < hist[0]["loss"] and hist[2]["loss"] < hist[1]["loss"]
     assert hist[1]["margin"] > 0
     assert 0 < hist[0]["p_watch[ yes]"] < 1
@@ -154,13 +199,21 @@ def test_dpo_step_lowers_loss_and_shared_model_is_unchanged(tiny_lm):
 
 
 def test_dpo_stop_keeps_computed_rows_and_indicators_compare(tiny_lm):
+    from analysis.progress import Stopped
+
+    def stop_after_step_1(row):
+        if row["step"] >= 1:
+            raise Stopped("test")
+
     result = run_dpo(tiny_lm, TINY_PAIRS, DPOConfig(steps=5, lr=1e-3, watch_tokens=(" yes",)),
-                     callback=lambda row: row["step"] < 1, keep_model=True)
-    assert result.stopped_early and [r["step"] for r in result.history] == [0, 1]
+                     on_step=stop_after_step_1, keep_model=True)
+    assert result.stopped_early and result.partial and [r["step"] for r in result.history] == [0, 1]
     frame = compare_indicators({"before": lm_logits_fn(tiny_lm), "after": result.policy}, tiny_lm.tokenizer, TINY_PAIRS)
     assert set(frame["model"]) == {"before", "after"} and len(frame) == 2 * 2 * len(TINY_PAIRS)
+    # A stop comes before the next update: the kept copy is the model the last row describes.
+    # float32, sums of a few log-probs of size ~5: 1e-5 relative is ~100 eps.
     after = frame[(frame.model == "after") & (frame.response == "chosen")]["logp"].mean()
-    assert after == pytest.approx(result.history[-1]["logp_chosen"], rel=1e-4)
+    assert after == pytest.approx(result.history[-1]["logp_chosen"], rel=1e-5)
 
 
 def test_dpo_config_and_memory_refusal(tiny_lm, monkeypatch):
@@ -168,6 +221,12 @@ def test_dpo_config_and_memory_refusal(tiny_lm, monkeypatch):
         DPOConfig(beta=0)
     with pytest.raises(ValueError, match="watch_tokens"):
         DPOConfig(watch_tokens=" Yes")
+    with pytest.raises(ValueError, match="optimizer"):
+        DPOConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="seeds"):
+        DPOConfig(seeds=(1, 1))
+    with pytest.raises(ValueError, match="unknown DPO config keys"):
+        DPOConfig.from_dict({"batch_size": 8})
     with pytest.raises(ValueError, match="not one"):
         watch_token_ids(tiny_lm.tokenizer, ("yes no",))
     import psutil
@@ -309,10 +368,9 @@ def test_too_long_and_empty_responses_are_refused(tiny_lm):
         LikelihoodConfig(top_k=0)
 
 
-@pytest.mark.parametrize("kind", ["ches_histogram", "ches_vs_similarity", "dpo_curves", "dpo_indicators"])
-def test_recipes_rebuild_figures(tiny_lm, kind):
+@pytest.mark.parametrize("kind", ["ches_histogram", "ches_vs_similarity", "token_geometry"])
+def test_ches_recipes_rebuild_figures(tiny_lm, kind):
     from analysis.recipes import make_recipe, run_recipe
 
-    config = {"source": "conversational_example", "steps": 1, "lr": 1e-3, "watch_tokens": [" yes"]}
-    fig, frame = run_recipe(make_recipe(kind, "tiny", config), lm=tiny_lm)
-    assert len(fig.data) >= 1 and len(frame) == (6 if kind.startswith("ches") else 2)
+    fig, frame = run_recipe(make_recipe(kind, "tiny", {"source": "conversational_example"}), lm=tiny_lm)
+    assert len(fig.data) >= 1 and len(frame) == 6

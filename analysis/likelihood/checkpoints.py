@@ -55,6 +55,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_name_free(name: str) -> str:
+    """A valid name that no saved checkpoint uses yet (check before a long run, not after)."""
+    check_name(name)
+    if (checkpoints_root() / name).exists():
+        raise FileExistsError(f"checkpoint {name!r} already exists in {checkpoints_root()}; pick another name or delete it first")
+    return name
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     name: str
@@ -199,17 +207,13 @@ def load_checkpoint_into(module: torch.nn.Module, name: str, *, lm=None, strict:
 def checkpoint_model(lm, name: str):
     """A new ``LoadedModel`` with checkpoint ``name``'s weights: a deep copy of ``lm``'s model
     (taken under its lock, hooks cleared), so every analysis can run on the trained model."""
+    from analysis.likelihood.training import clear_hooks
     from analysis.models import LoadedModel
-    from transformer_lens.hook_points import HookPoint
 
     get_checkpoint(name)
     with lm.locked() as model:
         twin = copy.deepcopy(model)
-    for module in twin.modules():
-        if isinstance(module, HookPoint):
-            module._forward_hooks.clear()
-            module._forward_pre_hooks.clear()
-            module._backward_hooks.clear()
+    clear_hooks(twin)
     twin.eval()
     target = getattr(twin, "original_model", None) or twin
     recipe = load_checkpoint_into(target, name, lm=lm)

@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from analysis.logprobs import Encoded, encode, pad_right, prediction_mask, target_logprobs
 from analysis.models import LoadedModel
 from analysis.likelihood.preferences import PreferenceData, PreferencePair
 
@@ -44,61 +45,38 @@ LogitsFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class LikelihoodConfig:
-    """``top_k`` for M_k/H_k; ``batch_size`` sequences per forward pass."""
+    """``top_k`` for M_k/H_k; ``batch_size`` sequences per forward pass; ``append_eos``
+    adds the EOS-predicting position (the authors' code; default: Definition 2, no EOS)."""
 
     top_k: int = 10
     batch_size: int = 8
+    append_eos: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive integer (e.g. 10), got {self.top_k!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer (e.g. 8), got {self.batch_size!r}")
+        if not isinstance(self.append_eos, bool):
+            raise ValueError(f"append_eos must be True or False, got {self.append_eos!r}")
 
 
 # ---------------------------------------------------------------- tokenisation
 
-@dataclass(frozen=True)
-class Encoded:
-    ids: tuple[tuple[int, ...], ...]
-    n_prompt: np.ndarray
-    n_response: np.ndarray
-    boundary_merged: np.ndarray
+def encode_responses(tokenizer, prompts: list[str], responses: list[str], append_eos: bool = False) -> Encoded:
+    """:func:`analysis.logprobs.encode`, with the EOS id appended to every response when ``append_eos``.
 
-
-def encode(tokenizer, prompts: list[str], responses: list[str]) -> Encoded:
-    """Token ids of prompt+response per example (see the module docstring)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; give one response per prompt")
-    ids, n_x, n_y, merged = [], [], [], []
-    for x, y in zip(prompts, responses):
-        px = tokenizer(x)["input_ids"]
-        py = tokenizer(y, add_special_tokens=False)["input_ids"]
-        if not py:
-            raise ValueError(f"response {y!r} has no tokens; responses must be non-empty")
-        ids.append(tuple(px) + tuple(py))
-        n_x.append(len(px))
-        n_y.append(len(py))
-        merged.append(list(tokenizer(x + y)["input_ids"]) != list(px) + list(py))
-    return Encoded(tuple(ids), np.array(n_x), np.array(n_y), np.array(merged, dtype=bool))
-
-
-def pad_right(seqs, pad_id: int, device: str = "cpu") -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def prediction_mask(n_prompt, n_response, width: int) -> Bool[Tensor, "b p"]:
-    """True at positions n_x-1 .. n_x+n_y-2: those whose next token is a response token."""
-    pos = torch.arange(width)[None, :]
-    start = torch.as_tensor(np.asarray(n_prompt) - 1)[:, None]
-    end = start + torch.as_tensor(np.asarray(n_response))[:, None]
-    return (pos >= start) & (pos < end)
+    With EOS the response has one more token, so its log-prob includes
+    log p(EOS | x, y) and S(x, y) includes the position predicting EOS (what
+    TRL, and so the authors' code, does); without it, Definition 2's |y| positions.
+    """
+    enc = encode(tokenizer, prompts, responses)
+    if not append_eos:
+        return enc
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("append_eos needs a tokenizer with an EOS token")
+    return Encoded(tuple(s + (int(eos),) for s in enc.ids), enc.n_prompt, enc.n_response + 1, enc.boundary_merged)
 
 
 # ---------------------------------------------------------------- per-position math
@@ -114,14 +92,17 @@ def topk_indicators(logp: Float[Tensor, "n vocab"], k: int) -> tuple[Float[Tenso
 def position_stats(logits: Float[Tensor, "b p vocab"], ids: Int[Tensor, "b p"], pred: Bool[Tensor, "b p"], k: int):
     """Flattened (row-major) over predicting positions: log p(next token), M_k, H_k.
 
-    Only the predicting positions go through log_softmax (the vocabulary is 262k
-    wide on Gemma). The log-probabilities keep their gradient; M_k, H_k do not.
+    Only the predicting positions are gathered (the vocabulary is 262k wide on
+    Gemma); log-probs are ``logit - logsumexp`` (:func:`analysis.logprobs.target_logprobs`,
+    float64 kept) and keep their gradient; M_k, H_k do not.
     """
     sel = pred[:, :-1]
-    logp = logits[:, :-1][sel].float().log_softmax(-1)
-    token_logp = logp.gather(-1, ids[:, 1:][sel][:, None])[:, 0]
+    flat = logits[:, :-1][sel]
+    flat = flat if flat.dtype == torch.float64 else flat.float()
+    token_logp = target_logprobs(flat, ids[:, 1:][sel])
     with torch.no_grad():
-        mass, ent = topk_indicators(logp.detach(), k)
+        lse = torch.logsumexp(flat.detach(), -1, keepdim=True)
+        mass, ent = topk_indicators(flat.detach().topk(min(k, flat.shape[-1]), dim=-1).values - lse, k)
     return token_logp, mass, ent
 
 
@@ -171,7 +152,7 @@ def response_stats(
         tokenizer, device = lm.tokenizer, lm.device
     elif logits_fn is None or tokenizer is None:
         raise ValueError("give a LoadedModel, or both logits_fn and tokenizer")
-    enc = encode(tokenizer, prompts, responses)
+    enc = encode_responses(tokenizer, prompts, responses, cfg.append_eos)
     n = len(enc.ids)
     longest = max(len(s) for s in enc.ids)
     if lm is not None and longest > lm.n_ctx:
@@ -302,24 +283,3 @@ def rank_pairs(lm: LoadedModel, data, cfg: LikelihoodConfig = LikelihoodConfig()
     """Score every pair and return :func:`scores_frame` (highest CHES first)."""
     return scores_frame(data, score_pairs(lm, data, cfg))
 
-
-def filter_by_percentile(data: PreferenceData, scores, pct: float) -> PreferenceData:
-    """Keep the pairs whose score is at or below the ``pct``-th percentile (input order kept).
-
-    The paper removes the highest-CHES pairs: ``pct=90`` drops roughly the top 10%.
-    ``scores`` are per pair in input order (``PairScores.ches``, not a sorted frame column).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(data),):
-        raise ValueError(f"{scores.shape[0] if scores.ndim else 0} scores for {len(data)} pairs; give one score per pair in input order")
-    return data.subset(np.flatnonzero(scores <= percentile_cut(scores, pct)))
-
-
-def percentile_cut(scores, pct: float) -> float:
-    """The ``pct``-th percentile of ``scores`` (linear interpolation), the filter's threshold."""
-    if not 0 < pct <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {pct}")
-    return float(np.percentile(np.asarray(scores, dtype=np.float64), pct))
-
-
-# ---------------------------------------------------------------- recipes

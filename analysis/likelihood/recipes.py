@@ -1,31 +1,65 @@
-"""Figure recipes of the likelihood view (CHES ranking, DPO runs)."""
+"""Figure recipes of the likelihood view (CHES ranking, single-token geometry, DPO runs).
+
+A DPO recipe's config is ``{"source": set or path, "pairs": [indices], **DPOConfig.to_dict()}``:
+the exact pairs, every setting and the seeds, so re-running it re-trains the
+same runs and reproduces the figure's numbers (full batch is deterministic
+on one machine; mini-batches are drawn from the seeds).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from analysis.likelihood.ches import LikelihoodConfig, rank_pairs
-from analysis.likelihood.dpo import DPOConfig, history_frame, run_dpo
-from analysis.likelihood.figures import (
-    ches_histogram_figure, ches_similarity_figure, dpo_curves_figure, dpo_indicators_figure,
+from analysis.likelihood.dpo import (
+    discovery_frame, gainers_frame, history_frame, run_dpo, trajectory_frame,
 )
+from analysis.likelihood.dpo_config import DPOConfig
+from analysis.likelihood.figures import (
+    ches_histogram_figure, ches_similarity_figure, dpo_curves_figure, dpo_gainers_figure, dpo_indicators_figure,
+    dpo_rank_figure, token_geometry_figure,
+)
+from analysis.likelihood.geometry import single_token_geometry
 from analysis.likelihood.preferences import PreferenceData, load_preferences, load_shipped, shipped_sets
+
+DPO_KINDS = ("dpo_curves", "dpo_indicators", "dpo_gainers", "dpo_rank")
 
 
 def _recipe_data(lm, config: dict) -> PreferenceData:
-
-
     source = config.get("source", "displacement_demo")
     if source in shipped_sets():
         return load_shipped(source, lm.tokenizer)
     return load_preferences(Path(source), lm.tokenizer)
 
 
+def dpo_recipe_config(source: str, pairs, cfg: DPOConfig) -> dict:
+    """The config a DPO figure's recipe stores (see the module docstring)."""
+    return {"source": source, "pairs": [int(i) for i in pairs], **cfg.to_dict()}
+
+
+def split_dpo_config(config: dict) -> tuple[str, list[int] | None, DPOConfig]:
+    rest = {k: v for k, v in config.items() if k not in ("source", "pairs")}
+    pairs = config.get("pairs")
+    return config.get("source", "displacement_demo"), None if pairs is None else list(pairs), DPOConfig.from_dict(rest)
+
+
+def dpo_figures(result) -> dict:
+    """Every DPO figure of a result, with its data frame: ``{kind: (figure, frame)}``."""
+    hist = history_frame(result)
+    traj, gain = trajectory_frame(result), gainers_frame(result)
+    return {
+        "dpo_curves": (dpo_curves_figure(hist), hist),
+        "dpo_indicators": (dpo_indicators_figure(hist), hist),
+        "dpo_gainers": (dpo_gainers_figure(traj, gain), traj),
+        "dpo_rank": (dpo_rank_figure(hist), hist),
+    }
+
+
 def _ches_recipe(kind: str):
     def build(lm, config: dict):
-
         data = _recipe_data(lm, config)
-        frame = rank_pairs(lm, data, LikelihoodConfig(top_k=int(config.get("top_k", 10))))
+        frame = rank_pairs(lm, data, LikelihoodConfig(top_k=int(config.get("top_k", 10)),
+                                                      append_eos=bool(config.get("append_eos", False))))
         score = config.get("score", "ches")
         if kind == "ches_histogram":
             return ches_histogram_figure(frame, score=score), frame
@@ -33,23 +67,30 @@ def _ches_recipe(kind: str):
     return build
 
 
+def _geometry_recipe(lm, config: dict):
+    frame = single_token_geometry(lm, list(_recipe_data(lm, config).pairs))
+    return token_geometry_figure(frame), frame
+
+
 def _dpo_recipe(kind: str):
     def build(lm, config: dict):
-
-        data = _recipe_data(lm, config)
-        fields = {k: v for k, v in config.items() if k in DPOConfig.__dataclass_fields__}
-        if "watch_tokens" in fields:
-            fields["watch_tokens"] = tuple(fields["watch_tokens"])
-        result = run_dpo(lm, data, DPOConfig(**fields))
-        frame = history_frame(result)
-        fig = dpo_curves_figure(frame) if kind == "dpo_curves" else dpo_indicators_figure(frame)
-        return fig, frame
+        _, pairs, cfg = split_dpo_config(config)
+        result = run_dpo(lm, _recipe_data(lm, config), cfg, pairs=pairs)
+        return dpo_figures(result)[kind]
     return build
+
+
+def _discovery_recipe(lm, config: dict):
+    _, pairs, cfg = split_dpo_config(config)
+    result = run_dpo(lm, _recipe_data(lm, config), cfg, pairs=pairs)
+    fig, _ = dpo_figures(result)["dpo_gainers"]
+    return fig, discovery_frame(result)
 
 
 RECIPES = {
     "ches_histogram": _ches_recipe("ches_histogram"),
     "ches_vs_similarity": _ches_recipe("ches_vs_similarity"),
-    "dpo_curves": _dpo_recipe("dpo_curves"),
-    "dpo_indicators": _dpo_recipe("dpo_indicators"),
+    "token_geometry": _geometry_recipe,
+    **{kind: _dpo_recipe(kind) for kind in DPO_KINDS},
+    "dpo_discovery": _discovery_recipe,
 }
