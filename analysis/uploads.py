@@ -158,11 +158,12 @@ def parse_concept_upload(
 # --- shared checks (also used by other parsers: preferences, SAE headers) ----------
 
 
-def check_size(name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-    """Raise UploadError when ``data`` is over ``max_bytes``; nothing is decoded."""
-    if len(data) > max_bytes:
+def check_size(name: str, data: bytes | int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Raise UploadError when ``data`` (bytes, or a size in bytes) is over ``max_bytes``; nothing is decoded."""
+    size = data if isinstance(data, int) else len(data)
+    if size > max_bytes:
         raise UploadError(
-            f"{name} is {_megabytes(len(data))}; the limit is {_megabytes(max_bytes)}. "
+            f"{name} is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}. "
             "Split it into smaller files or remove unneeded rows."
         )
 
