@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 
 from analysis.models import LoadedModel
+from analysis.atomic import write_atomic
 from analysis.paths import activation_cache_dir
 
 Pooling = Literal["last", "mean", "all"]
@@ -151,16 +152,16 @@ def _load_cached(path: Path, hook_names: list[str], pooling: str) -> ActivationS
 
 
 def _save_cached(path: Path, acts: ActivationSet) -> None:
-    from safetensors.numpy import save_file
+    """Write one cache entry atomically (unique temp name, fsync, rename): concurrent writers of the
+    same key (two app sessions) or a killed process never leave a half-written entry behind."""
+    from safetensors.numpy import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"act::{n}": np.ascontiguousarray(v) for n, v in acts.values.items()}
     tensors["n_tokens"] = acts.n_tokens
     if acts.offsets is not None:
         tensors["offsets"] = acts.offsets
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    write_atomic(path, save(tensors))
 
 
 def extract(
