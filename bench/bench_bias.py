@@ -1,9 +1,15 @@
-"""Bias benchmark: the review_sentiment preset (5 targets × 2 refs × every layer, 200 resamples).
+"""Bias benchmark: the review_sentiment preset (5 targets × 2 refs × every layer, 200 bootstrap
+resamples, 1,000 permutations, the differential test of two targets).
 
 * ``cold``: ``compute_bias`` with an empty activation cache (a temporary
-  ``REPSCOPE_CACHE``): extraction + CAV fits + bootstrap + null;
-* ``warm``: the same call with activations read from the disk cache, split into
-  ``stages`` (cache read, CAV fits with 5-fold CV, bootstrap + null);
+  ``REPSCOPE_CACHE``): extraction + CAV accuracies + bootstrap + permutation tests;
+* ``warm``: the same call with activations read from the disk cache (target ≤ 5 s on
+  2 cores), split into ``stages`` (cache read, CAV accuracies, bootstrap + tests);
+* ``permutations_1000_s``: the closed-form mean-difference permutations alone (per-target
+  null for all 5 targets + the differential), from arrays in memory;
+* ``logistic_refit_ms`` × the 36,000 refits that 1,000 logistic permutations need
+  (2 references × 18 layers each): ``logistic_permutations_projected_s``, the reason the
+  default estimator is mean_diff (the null must use the point estimate's estimator);
 * ``rerender``: what the page does on a display-option change once the result is
   cached (``st.cache_data``): build the four figures and the tables (aim < 1 s);
 * ``logistic_refit_ms``: one warm-started logistic refit (the alternative bootstrap).
@@ -28,17 +34,18 @@ def _timed(fn):
 def run(report: dict) -> None:
     import numpy as np
 
-    from analysis.bias.compute import compute_bias, layer_frame, preset_config, summary_frame
-    from analysis.bias.behaviour import behaviour_data
-    from analysis.concepts.cavs import stacked_activations
-    from analysis.concepts.sets import background_texts, load_concepts
-    from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+    from analysis.bias import behaviour_data, compute_bias, layer_frame, preset_config, summary_frame
+    from analysis.concepts import background_texts, load_concepts, stacked_activations
+    from analysis.bias.figures import behaviour_figure, differential_figure, heatmap_figure, shared_latents_figure, \
+        summary_figure
     from analysis.models import load_model
 
     lm = load_model()
-    cfg = preset_config("review_sentiment", n_bootstrap=200, n_permutations=200)
+    cfg = preset_config("review_sentiment", n_bootstrap=200, n_permutations=1000,
+                        differential=("food_aspect", "service_aspect"))
     sets = load_concepts()
     report["preset"] = {"targets": len(cfg.targets), "refs": 2, "layers": lm.n_layers, "n_bootstrap": 200,
+                        "n_permutations": 1000, "differential": list(cfg.differential),
                         "texts": sum(len(sets[c]) for c in cfg.concepts) + len(background_texts())}
     if os.environ.get("REPSCOPE_BENCH_SKIP_COLD") != "1":
         old = os.environ.get("REPSCOPE_CACHE")
@@ -52,15 +59,17 @@ def run(report: dict) -> None:
 
     def progress(f: float, msg: str) -> None:
         key = "fit" if msg.startswith("CAV") or msg.startswith("fitting") or msg.startswith("random") else \
-            "resample" if msg.startswith("bootstrap") else "done" if msg == "done" else "extract"
+            "resample" if msg.startswith("bootstrap") else "done" if msg == "done" else \
+            "tests" if msg.startswith("permutation") or msg.startswith("differential") else "extract"
         marks.setdefault(key, time.perf_counter())
 
     start = time.perf_counter()
     result, report["warm_s"] = _timed(lambda: compute_bias(lm, cfg, progress))
     report["stages"] = {
         "activations_s": round(marks["fit"] - start, 2),
-        "cav_fit_s": round(marks["resample"] - marks["fit"], 2),
-        "bootstrap_and_null_s": round(marks["done"] - marks["resample"], 2),
+        "cav_accuracy_s": round(marks["resample"] - marks["fit"], 2),
+        "bootstrap_s": round(marks["tests"] - marks["resample"], 2),
+        "permutation_tests_s": round(marks["done"] - marks["tests"], 2),
     }
     layers = list(range(lm.n_layers))
     neg = stacked_activations(lm, background_texts(), layers, "last")
@@ -69,24 +78,34 @@ def run(report: dict) -> None:
     def rerender():
         rows = [("review", t, result.refs, result.summary[i], result.ci_low[i], result.ci_high[i], float(i), 0.1)
                 for i, t in enumerate(result.targets)]
-        return (heatmap_figure(result), summary_figure(result), shared_latents_figure(result.shared),
+        return (heatmap_figure(result), summary_figure(result), differential_figure(result),
+                shared_latents_figure(result.shared),
                 behaviour_figure(behaviour_data(rows)), layer_frame(result), summary_frame(result))
 
     rerender()
     times = [_timed(rerender)[1] for _ in range(3)]
     report["rerender_s"] = min(times)
 
-    from sklearn.linear_model import LogisticRegression
+    from analysis.bias import differential_null, make_space, reference_null
+    from analysis.concepts import fit_logistic
 
-    x = np.concatenate([pos[cfg.targets[0]][6], neg[6][: len(pos[cfg.targets[0]][6])]])
-    y = np.r_[np.ones(len(x) // 2, int), np.zeros(len(x) - len(x) // 2, int)]
-    clf = LogisticRegression(max_iter=2000, warm_start=True).fit(x, y)
+    space = make_space(pos, neg)
+    start = time.perf_counter()
+    reference_null(space, cfg.targets, cfg.ref1, cfg.ref2, 1000, 0)
+    differential_null(space, *cfg.differential, cfg.ref1, cfg.ref2, 1000, 0)
+    report["permutations_1000_s"] = round(time.perf_counter() - start, 2)
+    r1 = pos[cfg.ref1]
+    x = np.concatenate([r1[6], neg[6][: r1.shape[1]]])
+    y = np.r_[np.ones(r1.shape[1], int), np.zeros(r1.shape[1], int)]
     rng = np.random.default_rng(0)
-    per = [_timed(lambda: clf.fit(x[(i := rng.integers(0, len(x), len(x)))], y[i]))[1] for _ in range(5)]
+    per = [_timed(lambda: fit_logistic(x[(i := rng.permutation(len(x)))], y[i]))[1] for _ in range(5)]
     report["logistic_refit_ms"] = round(1000 * float(np.median(per)), 1)
+    report["logistic_permutations_projected_s"] = round(36000 * float(np.median(per)), 0)
     report["summary"] = {t: [round(float(v), 4) for v in (result.summary[i], result.ci_low[i], result.ci_high[i],
-                                                          result.perm_low[i], result.perm_high[i])]
+                                                          result.p_value[i], result.p_holm[i])]
                          for i, t in enumerate(result.targets)}
+    d = result.differential
+    report["differential"] = {"effect": round(d.effect, 4), "d": round(d.effect_size_d, 3), "p": d.p_value}
 
 
 if __name__ == "__main__":

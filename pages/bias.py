@@ -7,10 +7,11 @@ import threading
 import streamlit as st
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
-from analysis.bias.compute import BiasConfig, compute_bias, layer_frame, load_presets, sae_view, summary_frame
-from analysis.bias.behaviour import behaviour_data, behaviour_rows, load_templates
-from analysis.concepts.sets import load_concepts
-from analysis.bias.figures import behaviour_figure, heatmap_figure, shared_latents_figure, summary_figure
+from analysis.bias import (BiasConfig, behaviour_data, behaviour_rows, compute_bias, layer_frame, load_presets,
+                           load_templates, sae_view, summary_frame)
+from analysis.concepts import load_concepts
+from analysis.bias.figures import (behaviour_figure, differential_figure, heatmap_figure, shared_latents_figure,
+                                   summary_figure)
 from analysis.recipes import make_recipe
 from app import state
 from app.figures import render_figure
@@ -53,8 +54,9 @@ def _with_progress(fn):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _behaviour(cfg: BiasConfig, template_set: str, aggregate: str, model: str, _lm):
-    return behaviour_data(behaviour_rows(_lm, _bias(cfg, model, _lm), "this run", load_templates(template_set), aggregate))
+def _behaviour(cfg: BiasConfig, template_set: str, aggregate: str, mode: str, model: str, _lm):
+    return behaviour_data(behaviour_rows(_lm, _bias(cfg, model, _lm), "this run", load_templates(template_set), aggregate,
+                                         mode), mode)
 
 
 @st.cache_resource(show_spinner=False)
@@ -67,8 +69,10 @@ st.title("Bias asymmetry")
 st.markdown(
     "**Bias(t; r1, r2) = Align(t, r1) − Align(t, r2)**, Align being the cosine of two concept "
     "representations (BiasLens). Positive: the target sits nearer r1. Per layer, then summarised over the "
-    "layers where all three CAVs classify well. Bars show a bootstrap CI over each concept's texts; the grey "
-    "band is what fake concepts made from random background splits give."
+    "layers where all three CAVs classify well. Bars show a bootstrap CI; each target's p-value comes from "
+    "re-partitioning the texts of r1 ∪ r2 (the same estimator refitted), Holm-corrected over targets; on the "
+    "heatmap, open diamonds mark cells that survive a max-|T| correction over every layer and target. "
+    "**Compare two targets** runs WEAT's differential test, Bias(X) − Bias(Y), with effect size d."
 )
 
 presets = load_presets()
@@ -98,9 +102,14 @@ else:
 with st.expander("Estimation"):
     e1, e2, e3, e4 = st.columns(4)
     n_boot = int(e1.number_input("Bootstrap resamples", 20, 2000, 200, step=50, key="bias_boot"))
-    n_perm = int(e2.number_input("Null permutations", 10, 2000, 200, step=50, key="bias_perm"))
-    cav_method = e3.selectbox("CAV fit", ["logistic", "mean_diff"], key="bias_cav")
+    n_perm = int(e2.number_input("Permutations", 19, 5000, 1000, step=100, key="bias_perm"))
+    cav_method = e3.selectbox("Concept vector", ["mean_diff", "logistic"], key="bias_cav",
+                              help="mean_diff makes every permutation closed-form; logistic refits each one (slow)")
     top_k = int(e4.number_input("SAE top-k", 1, 4096, 32, key="bias_topk"))
+    b1, b2 = st.columns(2)
+    baseline = b1.radio("Negatives", ["background", "contrast"], horizontal=True, key="bias_baseline",
+                        format_func={"background": "Background set", "contrast": "Pooled other concepts"}.get)
+    standardise = b2.checkbox("Standardise dimensions (z-scores from the background)", key="bias_std")
     signed = not st.checkbox("Magnitude |Bias| instead of signed", key="bias_abs")
     cap = int(st.number_input("Texts per concept (0 = all; fewer is faster; the background gets 3× as many, "
                               "at least 40)", 0, 500, 0, key="bias_cap"))
@@ -108,10 +117,17 @@ with st.expander("Estimation"):
 if rep != "dense" and not has_sae:
     st.warning(f"No SAE is shipped for {lm.name}: choose the dense representation.")
     st.stop()
+compare = None
+if len(targets) >= 2 and st.checkbox("Compare two targets (differential test)", value=len(targets) == 2,
+                                    key="bias_compare"):
+    pair = st.multiselect("The two targets X, Y", list(targets), default=list(targets)[:2], max_selections=2,
+                          key="bias_pair")
+    compare = tuple(pair) if len(pair) == 2 else None
 try:
     cfg = BiasConfig(targets=tuple(targets), ref1=ref1, ref2=ref2, representation=rep, top_k=top_k, signed=signed,
                      layer_rule=rule, acc_threshold=float(threshold), layer=layer, n_bootstrap=n_boot,
-                     n_permutations=n_perm, cav_method=cav_method, max_texts=cap or None,
+                     n_permutations=n_perm, cav_method=cav_method, baseline=baseline if cav_method == "mean_diff" else "background",
+                     standardise=standardise and cav_method == "mean_diff", differential=compare, max_texts=cap or None,
                      max_background=max(40, 3 * cap) if cap else None)
 except ValueError as err:
     show_error(err)
@@ -135,7 +151,8 @@ for msg in result.messages.values():
 
 recipe = cfg.to_dict()
 stem = "_".join([choice if choice in presets else "custom", rep])
-tab_heat, tab_sum, tab_sae, tab_beh = st.tabs(["Layers", "Summary", "Shared SAE latents", "Behavioural check"])
+tab_heat, tab_sum, tab_diff, tab_sae, tab_beh = st.tabs(["Layers", "Summary", "Differential", "Shared SAE latents",
+                                                         "Behavioural check"])
 with tab_heat:
     render_figure(heatmap_figure(result), data=layer_frame(result), recipe=make_recipe("bias_heatmap", lm.name, recipe),
                   key="bias_heatmap", filename=f"{stem}_heatmap")
@@ -145,6 +162,12 @@ with tab_sum:
                   key="bias_summary", filename=f"{stem}_summary")
     if st.checkbox("Show the table", key="bias_show_table"):
         st.dataframe(frame, hide_index=True)
+with tab_diff:
+    if result.differential is None:
+        st.info("Tick **Compare two targets** above to run the differential test Bias(X) − Bias(Y).")
+    else:
+        render_figure(differential_figure(result), data=None, recipe=make_recipe("bias_differential", lm.name, recipe),
+                      key="bias_differential", filename=f"{stem}_differential")
 with tab_sae:
     if result.shared is None:
         st.info("No SAE is available for this model, so no latents can be listed.")
@@ -155,15 +178,20 @@ with tab_sae:
                       recipe=make_recipe("bias_summary", lm.name, recipe), key="bias_shared", filename=f"{stem}_latents")
 with tab_beh:
     st.markdown(
-        "Behavioural bias: mean over templates × the target's mentions of log p(r1 words) − log p(r2 words) "
-        f"for the next token (template set **{template_set}**). Spearman r compares it with the conceptual Bias."
+        "Behavioural bias: mean over templates × the target's mentions of log p(r1 words) − log p(r2 words), "
+        f"each word scored whole (sum of its tokens' log-probs; template set **{template_set}**). "
+        "*Paper-style*: log p(target mentions) after r1's texts versus after r2's. Spearman ρ (with n and a "
+        "bootstrap CI) compares it with the conceptual Bias."
     )
     aggregate = st.radio("Aggregate words by", ["logmeanexp", "mean"], horizontal=True, key="bias_agg")
+    mode = st.radio("Metric", ["templates", "paper"], horizontal=True, key="bias_beh_mode",
+                    format_func={"templates": "Reference words after target templates",
+                                 "paper": "Target words after reference contexts (paper-style)"}.get)
     if st.button("Run the behavioural check", key="bias_run_beh"):
-        state.put("bias_beh", (cfg, aggregate))
-    if state.get("bias_beh") == (cfg, aggregate):
-        with st.spinner("One forward pass per target ..."):
-            data = _behaviour(cfg, template_set, aggregate, lm.name, lm)
+        state.put("bias_beh", (cfg, aggregate, mode))
+    if state.get("bias_beh") == (cfg, aggregate, mode):
+        with st.spinner("Scoring every prompt × word ..."):
+            data = _behaviour(cfg, template_set, aggregate, mode, lm.name, lm)
         render_figure(behaviour_figure(data), data=data.to_frame(), recipe=None, key="bias_behaviour",
                       filename=f"{stem}_behaviour")
         st.caption("Across every preset: `repscope bias` per preset, or the bench (bench/bench_bias.py).")

@@ -20,7 +20,7 @@ from analysis.bias.alignment import (
     summarise,
     REPRESENTATIONS,
 )
-from analysis.bias.compute import BiasConfig, bias_from_arrays, load_presets, preset_config
+from analysis.bias import BiasConfig, bias_from_arrays, load_presets, preset_config
 from analysis.bias.behaviour import (
     aggregate_words,
     behavioural_bias,
@@ -28,7 +28,7 @@ from analysis.bias.behaviour import (
     load_templates,
     spearman,
 )
-from analysis.bias.resampling import bootstrap_draws, mean_diff, null_draws
+from analysis.bias.resampling import bootstrap_draws, mean_diff
 from analysis.concepts.cavs import CavConfig, fit_cavs_arrays, fit_mean_diff
 from analysis.concepts.sets import ConceptSet, load_concepts
 
@@ -45,7 +45,7 @@ def test_bias_on_3d_toy_vectors():
     assert bias_values(t, r1, r2, signed=False) == pytest.approx(2 / 3)
     # Scale does not matter; a zero vector has no direction.
     assert bias_values(5 * t, 0.1 * r1, 7 * r2) == pytest.approx(-2 / 3)
-    assert np.isnan(align(np.zeros(3), r1))
+    assert align(np.zeros(3), r1) == 0.0  # analysis.vectors.cosine: no direction, no alignment
     # Batched over leading axes (layers): each row is its own cosine.
     stacked = bias_values(np.stack([t, t]), np.stack([r1, r2]), np.stack([r2, r1]))
     np.testing.assert_allclose(stacked, [-2 / 3, 2 / 3])
@@ -131,14 +131,16 @@ def _run(positives, negatives, ref1="ra", ref2="rb", **kw):
 def test_planted_direction_gives_the_right_sign_and_a_ci_excluding_zero(cav_method):
     # The target shares direction e0 with ref1 and nothing with ref2: expected Bias ≈ +0.5.
     pos, neg = _planted(0, {"tt": E[0] + E[1], "ra": E[0] + E[2], "rb": E[3] + E[4]})
-    r = _run(pos, neg, cav_method=cav_method)
+    r = _run(pos, neg, cav_method=cav_method, **({"n_permutations": 19} if cav_method == "logistic" else {}))
     assert r.chosen.all() and not r.messages
     assert r.summary[0] > 0 and r.ci_low[0] > 0, (r.summary, r.ci_low, r.ci_high)
     assert r.ci_low[0] <= r.summary[0] <= r.ci_high[0]
-    assert r.summary[0] > r.perm_high[0]
+    if cav_method == "mean_diff":  # the logistic null (per-permutation refits) is checked on the real model
+        assert r.p_value[0] <= 0.01
     if cav_method == "mean_diff":
         assert r.summary[0] == pytest.approx(0.5, abs=0.1)
-    flipped = _run(pos, neg, ref1="rb", ref2="ra", cav_method=cav_method)
+    flipped = _run(pos, neg, ref1="rb", ref2="ra", cav_method=cav_method,
+                   **({"n_permutations": 19} if cav_method == "logistic" else {}))
     assert flipped.summary[0] == pytest.approx(-r.summary[0])
     assert flipped.ci_high[0] < 0
 
@@ -147,7 +149,7 @@ def test_references_from_one_distribution_give_a_ci_including_zero():
     pos, neg = _planted(1, {"tt": E[0] + E[1], "ra": E[2] + E[3], "rb": E[2] + E[3]})
     r = _run(pos, neg, cav_method="mean_diff")
     assert r.ci_low[0] < 0 < r.ci_high[0], (r.summary, r.ci_low, r.ci_high)
-    assert r.perm_low[0] < 0 < r.perm_high[0]
+    assert r.p_value[0] > 0.01
 
 
 def test_mean_diff_bootstrap_equals_cavs_fitter_on_the_same_resample():
@@ -163,18 +165,6 @@ def test_mean_diff_bootstrap_equals_cavs_fitter_on_the_same_resample():
         w, _ = fit_mean_diff(x, y)
         np.testing.assert_allclose(cavs["a"][b, 1], w, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mean_diff(pos["a"], neg)[0], pos["a"][0].mean(0) - neg[0].mean(0))
-
-
-def test_null_draws_are_disjoint_background_splits():
-    neg = np.eye(40)[None]  # one-hot rows: a mean shows exactly which texts it used
-    cavs, _ = null_draws(neg, (8, 8, 30), 5, seed=0)  # 30 > 40 // 4: capped at 10
-    for b in range(5):
-        members = [set(np.flatnonzero(c[b, 0] > 0)) for c in cavs]
-        assert [len(s) for s in members] == [8, 8, 10]
-        assert not (members[0] & members[1]) and not (members[0] & members[2]) and not (members[1] & members[2])
-        np.testing.assert_allclose(cavs[0][b, 0][sorted(members[0])], 1 / 8 - 0)
-        rest = np.flatnonzero(cavs[0][b, 0] < 0)
-        assert len(rest) == 40 - 26 and np.allclose(cavs[0][b, 0][rest], -1 / 14)
 
 
 def test_sae_representation_runs_only_at_the_sae_layer():
@@ -225,27 +215,36 @@ def _set(name, mentions=(), words=()):
                       mentions=tuple(mentions), words=tuple(words))
 
 
-def test_behavioural_bias_equals_manual_log_softmax(tiny_lm):
+def test_behavioural_bias_scores_whole_words_like_a_manual_log_softmax(tiny_lm):
+    """Oracle: one unbatched forward per prompt + word, float64 log-softmax, the word's tokens summed."""
     target = _set("tgt", mentions=["food", "service"])
-    r1, r2 = _set("pos", words=["good", "great"]), _set("neg", words=["bad", "terrible", "sad"])
+    r1, r2 = _set("pos", words=["good", "very good"]), _set("neg", words=["bad", "terrible", "sad"])
     templates = ["the {target} was", "i love the {target} , it is very"]
     got = behavioural_bias(tiny_lm, target, r1, r2, templates)
     tok = tiny_lm.tokenizer
-    ids1 = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in r1.words]
-    ids2 = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in r2.words]
+    assert max(len(tok(" " + w, add_special_tokens=False)["input_ids"]) for w in r1.words + r2.words) > 1  # word-level tokens: "very good" is two
+
+    def word_logp(prompt, word):
+        px = tok(prompt)["input_ids"]
+        wy = tok(" " + word, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_lm.model(torch.tensor([px + wy]))[0].double(), -1)
+        return sum(float(logp[len(px) - 1 + j, t]) for j, t in enumerate(wy))
+
     diffs = []
     for template in templates:
         for mention in target.mentions:
-            ids = tok(template.replace("{target}", mention), return_tensors="pt")["input_ids"]
-            with torch.no_grad():
-                logp = torch.log_softmax(tiny_lm.model(ids)[0, -1].double(), -1)
-            lme = lambda ids_: math.log(sum(math.exp(float(logp[i])) for i in ids_) / len(ids_))  # noqa: E731
-            diffs.append(lme(ids1) - lme(ids2))
+            prompt = template.replace("{target}", mention)
+            lme = lambda ws: math.log(sum(math.exp(word_logp(prompt, w)) for w in ws) / len(ws))  # noqa: E731
+            diffs.append(lme(r1.words) - lme(r2.words))
     assert len(got.prompts) == 4
-    np.testing.assert_allclose(got.per_prompt, diffs, rtol=1e-5, atol=1e-5)
-    assert got.score == pytest.approx(np.mean(diffs), abs=1e-5)
+    # float32 forward vs float64 log-softmax of float32 logits: |logits| ~ 10, so 1e-4 is ample.
+    np.testing.assert_allclose(got.per_prompt, diffs, rtol=1e-4, atol=1e-4)
+    assert got.score == pytest.approx(np.mean(diffs), abs=1e-4)
     mean = behavioural_bias(tiny_lm, target, r1, r2, templates, aggregate="mean")
     assert mean.score != pytest.approx(got.score)
+    paper = behavioural_bias(tiny_lm, target, r1, r2, templates, mode="paper")
+    assert np.isfinite(paper.score) and len(paper.prompts) == 20
 
 
 def test_word_aggregates_and_templates():
@@ -278,7 +277,7 @@ QUICK = dict(n_bootstrap=30, n_permutations=30, max_texts=12, max_background=40)
 
 
 def test_compute_bias_end_to_end_on_tiny_model(tiny_lm):
-    from analysis.bias.compute import compute_bias, layer_frame, summary_frame
+    from analysis.bias import compute_bias, layer_frame, summary_frame
 
     cfg = BiasConfig(targets=("food_aspect", "service_aspect"), ref1="positive_sentiment",
                      ref2="negative_sentiment", acc_threshold=0.5, **QUICK)
@@ -288,7 +287,7 @@ def test_compute_bias_end_to_end_on_tiny_model(tiny_lm):
     for i in range(2):
         if r.chosen[i].any():
             assert r.ci_low[i] <= r.summary[i] <= r.ci_high[i]
-            assert r.perm_low[i] <= r.perm_high[i]
+            assert 1 / 31 <= r.p_value[i] <= 1 and r.minimum_detectable[i] > 0
         else:
             assert "no layer" in r.messages[cfg.targets[i]]
     assert len(layer_frame(r)) == 2 * tiny_lm.n_layers and list(summary_frame(r).target) == list(cfg.targets)
@@ -308,13 +307,14 @@ def test_figures_build_from_a_result(tiny_lm):
     heat = heatmap_figure(r)
     assert heat.data[0].zmid == 0 and np.allclose(heat.data[0].z, r.bias, equal_nan=True)
     bars = summary_figure(r)
-    assert bars.data[1].y[0] == pytest.approx(r.summary[0], nan_ok=True)
-    assert bars.data[0].base[0] == pytest.approx(r.perm_low[0], nan_ok=True)
+    assert bars.data[0].y[0] == pytest.approx(r.summary[0], nan_ok=True)
+    assert "p " in " ".join(a.text for a in bars.layout.annotations)
+    assert any("correction" in t.name for t in heat.data[1:])  # the surviving-cell marker is in the legend
     assert shared_latents_figure(None).layout.annotations
     data = behaviour_data([("p", "a", ("x", "y"), 0.1, 0.0, 0.2, 1.0, 0.1), ("p", "b", ("x", "y"), 0.3, 0.2, 0.4, 2.0, 0.1),
                            ("q", "c", ("x", "y"), -0.2, -0.3, 0.0, -1.0, 0.1)])
     assert data.rho == pytest.approx(1.0)
-    assert "Spearman r = 1.00" in behaviour_figure(data).layout.title.text
+    assert "Spearman ρ = 1.00" in behaviour_figure(data).layout.title.text and data.n == 3
 
 
 def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
@@ -326,15 +326,25 @@ def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setattr(bias_cmd, "load_from_args", lambda args: tiny_lm)
     argv = ["bias", "--preset", "insurance_sentiment", "--acc-threshold", "0.5", "--out", str(tmp_path),
             "--formats", "svg", "--max-texts", "12", "--max-background", "40", "--n-bootstrap", "30",
-            "--n-permutations", "30"]
+            "--n-permutations", "30", "--compare", "insured_patient,uninsured_patient"]
     assert cli.main(argv) == 0
-    for stem in ("bias_heatmap", "bias_summary", "bias_shared_latents", "bias_behaviour"):
+    for stem in ("bias_heatmap", "bias_summary", "bias_differential", "bias_shared_latents", "bias_behaviour"):
         assert (tmp_path / f"{stem}.svg").stat().st_size > 0
         assert (tmp_path / f"{stem}.recipe.json").exists()
     doc = json.loads((tmp_path / "bias.json").read_text())
     assert doc["targets"] == ["insured_patient", "uninsured_patient"]
     assert len(doc["bias"][0]) == tiny_lm.n_layers and len(doc["behaviour"]["behavioural"]) == 2
     assert (tmp_path / "bias_layers.csv").read_text().startswith("target,layer,bias")
+    diff = doc["differential"]
+    assert list(diff)[:7] == ["targets", "effect", "effect_size_d", "ci_low", "ci_high", "p_value", "n_permutations"]
+    assert diff["targets"] == ["insured_patient", "uninsured_patient"] and diff["n_permutations"] == 30
+    for t in doc["targets"]:
+        assert 1 / 31 <= doc["per_target"][t]["p_value"] <= 1
+    assert cli.main(["bias", "--targets", "food_aspect,service_aspect", "--refs", "positive_sentiment,negative_sentiment",
+                     "--out", str(tmp_path / "two"), "--formats", "svg", "--max-texts", "12", "--max-background", "40",
+                     "--n-bootstrap", "20", "--n-permutations", "19", "--acc-threshold", "0.5", "--no-behaviour"]) == 0
+    assert json.loads((tmp_path / "two" / "bias.json").read_text())["differential"]["targets"] == [
+        "food_aspect", "service_aspect"]  # two --targets: the differential runs by itself
     assert cli.main(["bias", "--targets", "food_aspect", "--refs", "positive_sentiment", "--out", str(tmp_path)]) == 2
     assert cli.main(["bias", "--preset", "nope", "--out", str(tmp_path)]) == 2
 
@@ -344,10 +354,10 @@ def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):
 @pytest.mark.real_model
 def test_every_preset_end_to_end_on_the_real_model(real_lm):
     """Cheap settings (12 texts per concept, 40 background texts, 50 resamples); prints the numbers."""
-    from analysis.bias.compute import compute_bias, summary_frame
+    from analysis.bias import compute_bias, summary_frame
     from analysis.bias.behaviour import BehaviourConfig, compute_behaviour
 
-    quick = dict(n_bootstrap=50, n_permutations=50, max_texts=12, max_background=40)
+    quick = dict(n_bootstrap=50, n_permutations=199, max_texts=12, max_background=40)
     results = {}
     for name in load_presets():
         r = compute_bias(real_lm, preset_config(name, **quick))
@@ -358,7 +368,7 @@ def test_every_preset_end_to_end_on_the_real_model(real_lm):
             if t in r.messages:
                 assert np.isnan(r.summary[i])
                 continue
-            assert np.isfinite([r.summary[i], r.ci_low[i], r.ci_high[i], r.perm_low[i], r.perm_high[i]]).all()
+            assert np.isfinite([r.summary[i], r.ci_low[i], r.ci_high[i], r.p_value[i], r.minimum_detectable[i]]).all()
             assert r.ci_low[i] <= r.summary[i] <= r.ci_high[i]
         assert len(r.messages) < len(r.targets), r.messages
     real_lm.assert_clean()
@@ -397,7 +407,7 @@ def test_bias_page_computes_and_rerenders_from_the_cache(real_lm):
 @pytest.mark.real_model
 @pytest.mark.parametrize("representation", ["sae-diff", "sae-proj"])
 def test_sae_representations_on_the_real_model(real_lm, representation):
-    from analysis.bias.compute import compute_bias, sae_view, summary_frame
+    from analysis.bias import compute_bias, sae_view, summary_frame
 
     sae = sae_view(real_lm)
     if sae is None:
@@ -413,15 +423,21 @@ def test_sae_representations_on_the_real_model(real_lm, representation):
 
 
 @pytest.mark.real_model
-def test_last_position_hook_matches_full_logits_on_the_real_model(real_lm):
-    from analysis.bias.behaviour import next_token_logprobs
+def test_whole_word_hook_matches_full_logits_on_the_real_model(real_lm):
+    from analysis.bias.behaviour import word_logprobs
+    from analysis.logprobs import target_logprobs
 
     prompts = ["The food was", "I thought the insured patient was really", "Honestly, the menu is"]
-    ids = np.array([1535, 818, 2780, 100, 5000])
-    got = next_token_logprobs(real_lm, prompts, ids)
+    words = ["good", "unremarkable", "overpriced"]
+    got = word_logprobs(real_lm, prompts, words)
+    tok = real_lm.tokenizer
     for i, prompt in enumerate(prompts):
-        x, _ = real_lm.tokenize([prompt])
-        with torch.inference_mode(), real_lm.locked() as model:
-            ref = torch.log_softmax(model(x)[0, -1].float(), -1)[torch.as_tensor(ids)].numpy()
-        np.testing.assert_allclose(got[i], ref, atol=1e-3)
+        for j, word in enumerate(words):
+            px, wy = tok(prompt)["input_ids"], tok(" " + word, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([px + wy])
+            with torch.inference_mode(), real_lm.locked() as model:
+                logits = model(ids)[0, len(px) - 1: -1]
+            ref = float(target_logprobs(logits, torch.tensor(wy)).sum())
+            # float32 logits of magnitude ~30 summed over ≤ 4 tokens: 2e-3 absolute.
+            assert got[i, j] == pytest.approx(ref, abs=2e-3)
     real_lm.assert_clean()

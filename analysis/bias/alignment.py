@@ -13,18 +13,16 @@ from typing import Callable
 import numpy as np
 from jaxtyping import Bool, Float
 
+from analysis.vectors import cosine
+
 LAYER_RULES = ("threshold", "layer")
 
 
 # ---------------------------------------------------------------- pure math
 
 def align(a: Float[np.ndarray, "... d"], b: Float[np.ndarray, "... d"]) -> Float[np.ndarray, "..."]:
-    """Cosine similarity along the last axis; NaN where either vector is zero."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
+    """Cosine similarity along the last axis (``analysis.vectors.cosine``: 0 where either vector is zero)."""
+    return cosine(a, b)
 
 
 def bias_values(t, r1, r2, *, signed: bool = True) -> np.ndarray:

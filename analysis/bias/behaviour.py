@@ -5,15 +5,17 @@
 template of a set (``assets/bias/templates.yaml``) with ``{target}`` filled by each of
 t's ``mentions`` (so each template weighs the same), and
 
-* a word's log-probability is that of its *first* token, written with a leading
-  space (``" good"``), at the position after the prompt: multi-token words are
-  scored by their first piece only;
+* a word's log-probability is that of the whole word, written with a leading
+  space (``" good"``): the sum of its tokens' log-probs (``analysis.logprobs``),
+  so multi-token words are scored in full;
 * ``log p(words)`` aggregates a concept's words by log-mean-exp (``aggregate=
   "logmeanexp"``: the log of the words' average probability, dominated by the
   likeliest words) or by the plain mean of log-probabilities (``"mean"``).
 
-One batched, right-padded forward pass per target scores every prompt.
-Agreement over many triples is Spearman's rank correlation (ties get average ranks).
+Option ``mode="paper"``: the target's behaviour under contexts reflecting r1 versus
+r2 (the reference texts as contexts, the target's mentions as the scored words).
+Agreement over many triples is Spearman's rank correlation (ties get average
+ranks), reported with n and a bootstrap CI over the triples.
 """
 
 from __future__ import annotations
@@ -52,40 +54,51 @@ def fill_templates(templates, mentions) -> list[str]:
     return [t.replace("{target}", m) for t in templates for m in mentions]
 
 
-def first_token_ids(tokenizer, words) -> np.ndarray:
-    """The first token id of each word written after a space (``" word"``), no special tokens."""
+def word_token_ids(tokenizer, words) -> list[tuple[int, ...]]:
+    """Every token of each word written after a space (``" word"``), no special tokens."""
     if not words:
-        raise ValueError("a reference concept has no 'words' to score; add some to its YAML file")
-    ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+        raise ValueError("a concept has no words to score; add 'words' (references) or 'mentions' (targets) to its YAML file")
+    ids = [tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words]
     empty = [w for w, i in zip(words, ids) if not i]
     if empty:
         raise ValueError(f"words {empty} tokenise to nothing")
-    return np.array([i[0] for i in ids])
+    return ids
 
 
 @torch.inference_mode()
-def next_token_logprobs(lm, prompts: list[str], token_ids: np.ndarray) -> Float[np.ndarray, "n k"]:
-    """log-softmax of the next-token logits after each prompt, at ``token_ids``: one batched pass.
+def word_logprobs(lm, prompts: list[str], words, *, batch_size: int = 64) -> Float[np.ndarray, "n k"]:
+    """log p(" word" | prompt): the sum of the word's token log-probs, for every prompt × word.
 
-    A hook on ``ln_final.hook_normalized`` keeps only each prompt's last real position, so the
-    unembedding (262k wide for Gemma) runs once per prompt instead of once per token.
+    Tokenised by ``analysis.logprobs.encode`` (prompt with BOS, word without special tokens).
+    A hook on ``ln_final.hook_normalized`` keeps only the positions that predict a word token,
+    so the unembedding (262k wide for Gemma) runs on those positions alone.
     """
-    ids, mask = lm.tokenize(prompts)
-    last = mask.sum(1) - 1
-    rows = torch.arange(ids.shape[0])
+    from analysis.logprobs import encode, pad_right, target_logprobs
 
-    def keep_last(h, hook):
-        return h[rows, last][:, None, :]
-
+    pairs = [(p, " " + w) for p in prompts for w in words]
+    enc = encode(lm.tokenizer, [p for p, _ in pairs], [w for _, w in pairs])
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out = np.zeros(len(pairs))
     name = "ln_final.hook_normalized"
-    if name in lm.model.hook_dict:
-        with lm.hooked([(name, keep_last)]) as model:
-            logits = model(ids, attention_mask=mask)[:, -1]
-    else:
-        with lm.locked() as model:
-            logits = model(ids, attention_mask=mask)[rows, last]
-    logp = torch.log_softmax(logits.to(torch.float32), -1)
-    return logp[:, torch.as_tensor(token_ids)].cpu().numpy().astype(np.float64)
+    for start in range(0, len(pairs), batch_size):
+        sl = slice(start, start + batch_size)
+        ids, mask = pad_right(enc.ids[sl], pad)
+        n_x, n_y = enc.n_prompt[sl], enc.n_response[sl]
+        width = int(n_y.max())
+        pos = torch.as_tensor(n_x - 1)[:, None] + torch.arange(width)[None, :]
+        pos = pos.clamp(max=ids.shape[1] - 2)
+        rows = torch.arange(ids.shape[0])[:, None]
+        targets = ids[rows, pos + 1]
+        keep = torch.arange(width)[None, :] < torch.as_tensor(n_y)[:, None]
+        if name in lm.model.hook_dict:
+            with lm.hooked([(name, lambda h, hook: h[rows, pos])]) as model:
+                logits = model(ids, attention_mask=mask)
+        else:
+            with lm.locked() as model:
+                logits = model(ids, attention_mask=mask)[rows, pos]
+        lp = target_logprobs(logits, targets) * keep
+        out[sl] = lp.sum(1).double().cpu().numpy()
+    return out.reshape(len(prompts), len(words))
 
 
 def aggregate_words(logp: Float[np.ndarray, "n k"], how: str) -> Float[np.ndarray, " n"]:
@@ -122,16 +135,55 @@ def _concept(c) -> ConceptSet:
     return sets[c]
 
 
-def behavioural_bias(lm, target, r1, r2, templates, *, aggregate: str = "logmeanexp") -> BehaviouralScore:
-    """Mean over templates × t's mentions of log p(r1 words) − log p(r2 words) (see module doc)."""
+BEHAVIOUR_MODES = ("templates", "paper")
+
+
+def behavioural_bias(lm, target, r1, r2, templates, *, aggregate: str = "logmeanexp",
+                     mode: str = "templates", max_contexts: int = 24) -> BehaviouralScore:
+    """Behavioural Bias of t between r1 and r2 (see module doc).
+
+    ``mode="templates"``: per prompt (template × t's mention), log p(r1 words) − log p(r2 words).
+    ``mode="paper"``: the target's behaviour under contexts reflecting r1 versus r2: per context
+    (the first ``max_contexts`` texts of r1, and of r2), log p(t's mentions | context); the score is
+    mean over r1's contexts − mean over r2's (``per_prompt`` holds r1's rows then r2's, r2 negated
+    around the r2 mean so the per-prompt mean is the score).
+    """
     target, r1, r2 = _concept(target), _concept(r1), _concept(r2)
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate {aggregate!r}: valid aggregates are {AGGREGATES}")
+    if mode not in BEHAVIOUR_MODES:
+        raise ValueError(f"behaviour mode {mode!r}: valid modes are {BEHAVIOUR_MODES}")
+    if mode == "paper":
+        word_token_ids(lm.tokenizer, target.mentions)
+        c1, c2 = list(r1.texts[:max_contexts]), list(r2.texts[:max_contexts])
+        s1 = aggregate_words(word_logprobs(lm, c1, target.mentions), aggregate)
+        s2 = aggregate_words(word_logprobs(lm, c2, target.mentions), aggregate)
+        per = np.r_[s1 - s2.mean(), s1.mean() - s2] if len(s1) == len(s2) else np.r_[s1 - s2.mean()]
+        return BehaviouralScore(score=float(s1.mean() - s2.mean()), per_prompt=per, prompts=tuple(c1 + c2))
     prompts = fill_templates(templates, target.mentions)
-    ids1, ids2 = first_token_ids(lm.tokenizer, r1.words), first_token_ids(lm.tokenizer, r2.words)
-    logp = next_token_logprobs(lm, prompts, np.concatenate([ids1, ids2]))
-    diff = aggregate_words(logp[:, : len(ids1)], aggregate) - aggregate_words(logp[:, len(ids1):], aggregate)
+    word_token_ids(lm.tokenizer, r1.words), word_token_ids(lm.tokenizer, r2.words)
+    logp = word_logprobs(lm, prompts, list(r1.words) + list(r2.words))
+    k = len(r1.words)
+    diff = aggregate_words(logp[:, :k], aggregate) - aggregate_words(logp[:, k:], aggregate)
     return BehaviouralScore(score=float(diff.mean()), per_prompt=diff, prompts=tuple(prompts))
+
+
+def spearman_ci(x, y, *, n_boot: int = 2000, seed: int = 0, mass: float = 0.95) -> tuple[float, float, int]:
+    """Bootstrap percentile CI of Spearman's rho over the (x, y) pairs, and the number of finite pairs."""
+    from analysis.sampling import rng
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    if n < 4:
+        return float("nan"), float("nan"), n
+    gen = rng(seed, "spearman-bootstrap")
+    draws = [spearman(x[i], y[i]) for i in (gen.integers(0, n, n) for _ in range(n_boot))]
+    draws = np.array([d for d in draws if np.isfinite(d)])
+    q = 100 * (1 - mass) / 2
+    lo, hi = np.percentile(draws, [q, 100 - q]) if len(draws) else (np.nan, np.nan)
+    return float(lo), float(hi), n
 
 
 def spearman(x, y) -> float:
@@ -166,9 +218,10 @@ class BehaviourConfig:
     presets: tuple[str, ...] = ("review_sentiment", "professions_gender", "insurance_sentiment")
     aggregate: str = "logmeanexp"
     bias: tuple[tuple[str, object], ...] = ()
+    mode: str = "templates"
 
     def __post_init__(self) -> None:
-        from analysis.bias.compute import load_presets
+        from analysis.bias.presets import load_presets
 
         known = load_presets()
         bad = [p for p in self.presets if p not in known]
@@ -176,17 +229,19 @@ class BehaviourConfig:
             raise ValueError(f"presets {bad or self.presets!r}: choose from {sorted(known)}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate {self.aggregate!r}: valid aggregates are {AGGREGATES}")
+        if self.mode not in BEHAVIOUR_MODES:
+            raise ValueError(f"mode {self.mode!r}: valid modes are {BEHAVIOUR_MODES}")
 
     def to_dict(self) -> dict:
-        return {"presets": list(self.presets), "aggregate": self.aggregate, "bias": dict(self.bias)}
+        return {"presets": list(self.presets), "aggregate": self.aggregate, "bias": dict(self.bias), "mode": self.mode}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BehaviourConfig":
-        unknown = sorted(set(d) - {"presets", "aggregate", "bias"})
+        unknown = sorted(set(d) - {"presets", "aggregate", "bias", "mode"})
         if unknown:
-            raise ValueError(f"unknown behaviour config keys {unknown}; valid keys are ['aggregate', 'bias', 'presets']")
+            raise ValueError(f"unknown behaviour config keys {unknown}; valid keys are ['aggregate', 'bias', 'mode', 'presets']")
         return cls(presets=tuple(d.get("presets") or cls.presets), aggregate=d.get("aggregate", "logmeanexp"),
-                   bias=tuple(sorted((d.get("bias") or {}).items())))
+                   bias=tuple(sorted((d.get("bias") or {}).items())), mode=d.get("mode", "templates"))
 
 
 @dataclass(frozen=True)
@@ -202,6 +257,10 @@ class BehaviourData:
     behavioural: np.ndarray
     behavioural_sem: np.ndarray
     rho: float
+    rho_low: float = float("nan")
+    rho_high: float = float("nan")
+    n: int = 0
+    mode: str = "templates"
 
     def to_frame(self):
         import pandas as pd
@@ -214,24 +273,26 @@ class BehaviourData:
         })
 
 
-def behaviour_rows(lm, result, label: str, templates, aggregate: str = "logmeanexp") -> list[tuple]:
+def behaviour_rows(lm, result, label: str, templates, aggregate: str = "logmeanexp",
+                   mode: str = "templates") -> list[tuple]:
     """(label, target, refs, conceptual, ci_low, ci_high, behavioural, sem) per target of a ``BiasResult``."""
     r1, r2 = result.refs
     rows = []
     for ti, t in enumerate(result.targets):
-        b = behavioural_bias(lm, t, r1, r2, templates, aggregate=aggregate)
+        b = behavioural_bias(lm, t, r1, r2, templates, aggregate=aggregate, mode=mode)
         rows.append((label, t, (r1, r2), result.summary[ti], result.ci_low[ti], result.ci_high[ti], b.score, b.sem))
     return rows
 
 
-def behaviour_data(rows: list[tuple]) -> BehaviourData:
-    """Stack :func:`behaviour_rows` output and compute Spearman's rho."""
+def behaviour_data(rows: list[tuple], mode: str = "templates") -> BehaviourData:
+    """Stack :func:`behaviour_rows` output and compute Spearman's rho with n and a bootstrap CI."""
     cols = list(zip(*rows))
     conceptual, behavioural = np.array(cols[3], float), np.array(cols[6], float)
+    lo, hi, n = spearman_ci(conceptual, behavioural)
     return BehaviourData(
         presets=cols[0], targets=cols[1], refs=cols[2], conceptual=conceptual, conceptual_low=np.array(cols[4], float),
         conceptual_high=np.array(cols[5], float), behavioural=behavioural, behavioural_sem=np.array(cols[7], float),
-        rho=spearman(conceptual, behavioural),
+        rho=spearman(conceptual, behavioural), rho_low=lo, rho_high=hi, n=n, mode=mode,
     )
 
 
@@ -240,7 +301,8 @@ def compute_behaviour(lm, config: BehaviourConfig, progress=None, *, results: di
 
     ``results``: already computed ``BiasResult`` per preset name, reused when given.
     """
-    from analysis.bias.compute import compute_bias, load_presets, preset_config
+    from analysis.bias.compute import compute_bias
+    from analysis.bias.presets import load_presets, preset_config
 
     presets = load_presets()
     rows = []
@@ -249,7 +311,7 @@ def compute_behaviour(lm, config: BehaviourConfig, progress=None, *, results: di
         if result is None:
             sub = (lambda f, msg, pi=pi: progress((pi + 0.8 * f) / len(config.presets), msg)) if progress else None
             result = compute_bias(lm, preset_config(name, **dict(config.bias)), sub)
-        rows += behaviour_rows(lm, result, name, load_templates(presets[name].templates), config.aggregate)
+        rows += behaviour_rows(lm, result, name, load_templates(presets[name].templates), config.aggregate, config.mode)
         if progress:
             progress((pi + 1) / len(config.presets), f"behavioural bias: {name}")
-    return behaviour_data(rows)
+    return behaviour_data(rows, config.mode)

@@ -1,4 +1,4 @@
-"""Bias asymmetry between a target concept and two references (BiasLens, METHODS §2).
+"""Bias asymmetry between a target concept and two references (BiasLens, METHODS §2), with its tests.
 
 ``Bias(t; r1, r2) = Align(C_t, C_r1) − Align(C_t, C_r2)`` with Align = cosine of
 the two concept representations, per layer; positive means t leans to r1.
@@ -8,43 +8,37 @@ takes |Bias| per layer before the summary.
 
 Representations (``REPRESENTATIONS``, chosen by name):
 
-* ``dense``: the CAV (``analysis.concepts.cavs``; ``cav_method`` logistic or mean_diff);
-* ``sae-diff``: mean SAE code of the positives − mean code of the background,
-  top-k latents by magnitude kept (others zero);
-* ``sae-proj``: cosine of the CAV with every SAE decoder row, top-k kept.
-  SAE representations exist only at layers with an SAE; other layers are NaN.
+* ``dense``: the concept vector. ``cav_method="mean_diff"`` (default): mean of the
+  concept's texts − the baseline origin, in raw or per-dimension z-scored
+  activations (``standardise``); ``baseline`` "background" or "contrast"
+  (``analysis.bias.significance``). ``"logistic"``: the logistic CAV (raw activations
+  vs the background).
+* ``sae-diff`` / ``sae-proj``: SAE codes / decoder projections, top-k kept, at the SAE layer.
 
-Uncertainty (every draw is seeded by ``seed``):
+Why mean_diff is the default: the null must use the point estimate's estimator,
+and mean differences make every permutation and bootstrap draw closed-form (one
+matrix product per layer), so 1,000 permutations of a full preset take well under
+a second; a logistic refit costs ~30–60 ms each, i.e. minutes to hours for the
+36,000 refits of 1,000 permutations (``bench/bench_bias.py`` records both).
 
-* bootstrap: each resample redraws every concept's texts *and* the background
-  texts with replacement and re-fits the representation. ``bootstrap_fit``:
-  ``mean_diff`` (default) re-fits the closed-form mean-difference CAV for all
-  resamples in one tensor product; ``logistic`` re-fits sklearn's logistic
-  regression warm-started from the full-data fit. Measured on Gemma-3-270M, the
-  review preset (7 concepts × 18 layers, 1176 texts, 2 CPU cores under heavy shared
-  load; ``bench/bench_bias.py``): 200 mean_diff resamples plus 200 null draws take
-  15 s in all, while one warm-started logistic refit took ~6 s (lbfgs, 640 dims),
-  i.e. about two days for the 25 200 refits, hence the default. When the bootstrap
-  fitter differs from the point-estimate fitter, the CI is the resampled spread
-  moved onto the point estimate: ``point + (q − median(resamples))`` — it measures how much Bias
-  moves when the texts change, not the logistic-vs-mean-diff gap (which the
-  result reports as ``summary_bootstrap_fit``). With ``cav_method=mean_diff``
-  the interval is the plain percentile interval.
-* permutation null: ``n_permutations`` fake (t, r1, r2) triples are disjoint
-  random subsets of the background (each the size of its real concept, at
-  most a quarter of the background), the rest of the background being their
-  negatives, fitted with mean_diff; their Bias, summarised over the target's
-  layers, gives the null band (central ``ci`` mass).
+Uncertainty and tests (dense mean_diff; seeded by ``seed``; resampling units are
+words with their template sentences, or single texts: ``analysis.bias.units``):
 
-Footguns: ``layer_rule="threshold"`` with no qualifying layer gives a NaN
-summary and a message in ``BiasResult.messages`` (the pure function raises).
-Representations of texts come from the last token (``pooling="last"``).
+* bootstrap CI: every concept's units and the background's texts are redrawn;
+* per-target p: units of r1 ∪ r2 re-partitioned ``n_permutations`` times; per layer,
+  on the summary, Holm over targets, and Westfall–Young max-|T| over all cells;
+* ``differential=(X, Y)``: Bias(X) − Bias(Y) with WEAT-style d, bootstrap CIs and a
+  permutation p over re-partitions of X ∪ Y (per layer too, max-|T| over layers);
+* minimum detectable effect (80 % power at α = 0.05) for every "no bias" reading.
+
+With ``cav_method="logistic"`` the permutations refit logistic CAVs for the
+references (``analysis.concepts.fit_logistic``): the same estimator, but slow.
+For the SAE representations no permutation test is run (p is NaN, with a message).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 from jaxtyping import Bool, Float
@@ -62,17 +56,24 @@ from analysis.bias.alignment import (
     shared_latents,
     summarise,
 )
+from analysis.bias.significance import BASELINES
 from analysis.concepts import DEFAULT_BACKGROUND, check_name
+from analysis.progress import Progress, report, scaled
 from analysis.recipes import check_config_keys
-CAV_METHODS = ("logistic", "mean_diff")
-BOOTSTRAP_FITS = ("mean_diff", "logistic")
+
+CAV_METHODS = ("mean_diff", "logistic")
+UNIT_RULES = ("auto", "text")
 MIN_BOOTSTRAP = 20
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
 class BiasConfig:
-    """One bias analysis. ``max_texts``/``max_background`` cap the texts (first N) for quick runs."""
+    """One bias analysis. ``max_texts``/``max_background`` cap the texts (first N) for quick runs.
+
+    ``differential``: two of ``targets`` to compare (WEAT's differential test), or None.
+    ``units``: "auto" resamples a word's template sentences together (``analysis.bias.units``),
+    "text" resamples single texts.
+    """
 
     targets: tuple[str, ...]
     ref1: str
@@ -84,10 +85,14 @@ class BiasConfig:
     acc_threshold: float = 0.9
     layer: int | None = None
     n_bootstrap: int = 200
-    n_permutations: int = 200
+    n_permutations: int = 1000
     seed: int = 0
-    cav_method: str = "logistic"
-    bootstrap_fit: str = "mean_diff"
+    cav_method: str = "mean_diff"
+    baseline: str = "background"
+    standardise: bool = False
+    differential: tuple[str, str] | None = None
+    units: str = "auto"
+    alpha: float = 0.05
     ci: float = 0.95
     max_texts: int | None = None
     max_background: int | None = None
@@ -115,12 +120,23 @@ class BiasConfig:
             raise ValueError(f"acc_threshold={self.acc_threshold}: must be in (0, 1], e.g. 0.9")
         if self.n_bootstrap < MIN_BOOTSTRAP:
             raise ValueError(f"n_bootstrap={self.n_bootstrap}: need at least {MIN_BOOTSTRAP} (METHODS §2 asks ≥ 200)")
-        if self.n_permutations < 1:
-            raise ValueError(f"n_permutations={self.n_permutations}: need at least 1")
+        if self.n_permutations < 19:
+            raise ValueError(f"n_permutations={self.n_permutations}: need at least 19 (p resolution 1/(B+1) ≤ 0.05)")
         if self.cav_method not in CAV_METHODS:
             raise ValueError(f"cav_method {self.cav_method!r}: valid methods are {CAV_METHODS}")
-        if self.bootstrap_fit not in BOOTSTRAP_FITS:
-            raise ValueError(f"bootstrap_fit {self.bootstrap_fit!r}: valid fits are {BOOTSTRAP_FITS}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline {self.baseline!r}: valid baselines are {BASELINES}")
+        if self.cav_method == "logistic" and (self.baseline != "background" or self.standardise):
+            raise ValueError("cav_method 'logistic' fits raw activations against the background: use "
+                             "baseline='background' and standardise=False, or cav_method='mean_diff'")
+        if self.units not in UNIT_RULES:
+            raise ValueError(f"units {self.units!r}: valid rules are {UNIT_RULES}")
+        if self.differential is not None:
+            pair = tuple(self.differential)
+            if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(self.targets):
+                raise ValueError(f"differential {self.differential!r}: give two different targets of {list(self.targets)}")
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha={self.alpha}: the significance level must be in (0, 0.5), e.g. 0.05")
         if not 0.5 <= self.ci < 1.0:
             raise ValueError(f"ci={self.ci}: the interval's mass must be in [0.5, 1), e.g. 0.95")
         for cap in ("max_texts", "max_background"):
@@ -135,6 +151,7 @@ class BiasConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["targets"] = list(self.targets)
+        d["differential"] = None if self.differential is None else list(self.differential)
         return d
 
     @classmethod
@@ -142,18 +159,59 @@ class BiasConfig:
         check_config_keys(cls, d, "bias")
         d = dict(d)
         d["targets"] = tuple(d.get("targets") or ())
+        if d.get("differential") is not None:
+            d["differential"] = tuple(d["differential"])
         return cls(**d)
 
 
 # ---------------------------------------------------------------- result
 
 @dataclass(frozen=True)
+class Differential:
+    """WEAT-style differential Bias(X) − Bias(Y) over the layers both targets qualify at.
+
+    ``effect_size_d``: effect / sd of the units' own associations over X ∪ Y; ``ci_low``/``ci_high``:
+    its bootstrap CI (``effect_ci_*``: the effect's). ``layer_*``: per layer, with max-|T| over layers.
+    """
+
+    targets: tuple[str, str]
+    effect: float
+    effect_size_d: float
+    ci_low: float
+    ci_high: float
+    effect_ci_low: float
+    effect_ci_high: float
+    p_value: float
+    n_permutations: int
+    layers: tuple[int, ...]
+    minimum_detectable: float
+    layer_effect: np.ndarray
+    layer_p: np.ndarray
+    layer_p_adjusted: np.ndarray
+    null: np.ndarray
+
+    def to_json(self) -> dict:
+        def num(v):
+            return None if v is None or v != v else float(v)
+
+        return {"targets": list(self.targets), "effect": num(self.effect), "effect_size_d": num(self.effect_size_d),
+                "ci_low": num(self.ci_low), "ci_high": num(self.ci_high), "p_value": num(self.p_value),
+                "n_permutations": int(self.n_permutations), "p_resolution": 1.0 / (self.n_permutations + 1),
+                "effect_ci_low": num(self.effect_ci_low), "effect_ci_high": num(self.effect_ci_high),
+                "ci_of": "effect_size_d", "layers": list(self.layers),
+                "minimum_detectable_effect": num(self.minimum_detectable),
+                "layer_effect": [num(v) for v in self.layer_effect], "layer_p": [num(v) for v in self.layer_p],
+                "layer_p_adjusted": [num(v) for v in self.layer_p_adjusted]}
+
+
+@dataclass(frozen=True)
 class BiasResult:
     """Arrays indexed [target, layer]; ``accuracy`` is [concept, layer] over ``concepts``.
 
-    ``summary``/``ci_low``/``ci_high``/``perm_low``/``perm_high``: per target; NaN with a
-    ``messages[target]`` when no layer qualified. ``boot``: (targets, n_bootstrap) summary
-    resamples; ``perm``: (targets, n_permutations) null summaries.
+    ``summary``/``ci_low``/``ci_high``/``p_value``/``p_holm``/``minimum_detectable``: per target;
+    NaN with a ``messages[target]`` when no layer qualified. ``boot``: (targets, n_bootstrap)
+    summary resamples; ``perm``: (targets, n_permutations) null summaries (r1 ∪ r2 re-partitioned).
+    ``layer_p``: per cell; ``layer_p_adjusted``: max-|T| over every (target, layer) cell.
     """
 
     targets: tuple[str, ...]
@@ -168,11 +226,16 @@ class BiasResult:
     summary: Float[np.ndarray, " t"]
     ci_low: Float[np.ndarray, " t"]
     ci_high: Float[np.ndarray, " t"]
-    summary_bootstrap_fit: Float[np.ndarray, " t"]
     boot: Float[np.ndarray, "t b"]
-    perm_low: Float[np.ndarray, " t"]
-    perm_high: Float[np.ndarray, " t"]
     perm: Float[np.ndarray, "t p"]
+    p_value: Float[np.ndarray, " t"]
+    p_holm: Float[np.ndarray, " t"]
+    minimum_detectable: Float[np.ndarray, " t"]
+    layer_p: Float[np.ndarray, "t l"]
+    layer_p_adjusted: Float[np.ndarray, "t l"]
+    n_permutations: int = 0
+    n_units: dict[str, int] = field(default_factory=dict)
+    differential: Differential | None = None
     messages: dict[str, str] = field(default_factory=dict)
     shared: SharedLatents | None = None
     config: dict = field(default_factory=dict)
@@ -182,11 +245,25 @@ class BiasResult:
         row = self.chosen[self.targets.index(target)]
         return [l for l, c in zip(self.layers, row) if c]
 
+    @property
+    def alpha(self) -> float:
+        return float(self.config.get("alpha", 0.05))
+
+    @property
+    def surviving(self) -> Bool[np.ndarray, "t l"]:
+        """Cells whose family-wise adjusted p is below alpha."""
+        return np.nan_to_num(self.layer_p_adjusted, nan=1.0) < self.alpha
+
+    def verdict(self, ti: int) -> str:
+        """The target's test in words, e.g. "p = 0.003 (Holm over 5 targets: 0.015); 12 of 18 layers survive ..."."""
+        from analysis.bias.reading import verdict
+
+        return verdict(self, ti)
+
 
 # ---------------------------------------------------------------- engine
 
-def _triple_bias(stats: tuple[ConceptStats, ConceptStats, ConceptStats], config: BiasConfig,
-                 sae: SaeView | None, sae_li: int | None, n_layers: int) -> np.ndarray:
+def _triple_bias(stats, config: BiasConfig, sae: SaeView | None, sae_li: int | None, n_layers: int) -> np.ndarray:
     """Bias per layer ``(..., l)`` of one (t, r1, r2); NaN where the representation is missing."""
     if config.representation == "dense":
         return bias_values(*(s.cav for s in stats), signed=config.signed)
@@ -209,57 +286,86 @@ def _all_bias(cavs: dict, diffs: dict | None, config: BiasConfig, sae, sae_li, n
 def bias_from_arrays(
     positives: dict[str, Float[np.ndarray, "l n d"]],
     negatives: Float[np.ndarray, "l m d"],
-    vectors: Float[np.ndarray, "c l d"],
+    vectors: Float[np.ndarray, "c l d"] | None,
     accuracy: Float[np.ndarray, "c l"],
     config: BiasConfig,
     layers,
     *,
     sae: SaeView | None = None,
     model: str = "",
+    units: dict[str, np.ndarray] | None = None,
+    progress: Progress | None = None,
 ) -> BiasResult:
-    """Bias, bootstrap CIs and the permutation band from activations and fitted CAVs.
+    """Bias, bootstrap CIs, permutation tests and the differential from activations.
 
-    ``vectors``/``accuracy`` are indexed by ``config.concepts`` (targets, ref1, ref2).
+    ``vectors`` (logistic CAVs, indexed by ``config.concepts``) are used only with
+    ``cav_method="logistic"``; ``accuracy`` drives the layer rule. ``units[c]``: the
+    resampling unit of each text (default: every text its own unit).
     """
-    from analysis.bias.resampling import bootstrap_draws, mean_diff, null_draws
+    from analysis.bias import significance as sig
+    from analysis.bias.resampling import bootstrap_draws
 
     names, layers = config.concepts, [int(l) for l in layers]
-    n_l = len(layers)
+    n_l, n_t = len(layers), len(config.targets)
     sae_li = layers.index(sae.layer) if sae is not None and sae.layer in layers else None
     needs_sae = config.representation in NEEDS_SAE
     if needs_sae and sae_li is None:
         raise ValueError(f"representation {config.representation!r} needs an SAE at one of layers {layers}; "
                          "none is available for this model: use 'dense'")
     available = np.ones(n_l, bool) if not needs_sae else np.arange(n_l) == sae_li
-    codes = codes_bg = None
+    space = sig.make_space({n: positives[n] for n in names}, negatives, baseline=config.baseline,
+                           standardise=config.standardise, units=units)
+    messages: dict[str, str] = {}
+    codes = codes_bg = diffs = None
     if needs_sae:
         codes = {n: np.asarray(sae.encode(positives[n][sae_li]), np.float64) for n in names}
         codes_bg = np.asarray(sae.encode(negatives[sae_li]), np.float64)
-    diffs = None if codes is None else {n: codes[n].mean(0) - codes_bg.mean(0) for n in names}
-    point = {n: np.asarray(vectors[i], np.float64) for i, n in enumerate(names)}
+        diffs = {n: codes[n].mean(0) - codes_bg.mean(0) for n in names}
+    if config.cav_method == "logistic":
+        if vectors is None:
+            raise ValueError("cav_method 'logistic' needs the fitted CAV vectors")
+        point = {n: np.asarray(vectors[i], np.float64) for i, n in enumerate(names)}
+    else:
+        point = {n: space.vector(n) for n in names}
     bias = _all_bias(point, diffs, config, sae, sae_li, n_l)
-    shift = config.representation != "sae-diff" and config.cav_method != config.bootstrap_fit
-    bias_fit = bias
-    if shift:
-        md = {n: mean_diff(positives[n], negatives) for n in names}
-        bias_fit = _all_bias(md, diffs, config, sae, sae_li, n_l)
-    boot_cavs, boot_diffs = bootstrap_draws(
-        {n: positives[n] for n in names}, negatives, config.n_bootstrap, config.seed, fit=config.bootstrap_fit,
-        codes=codes, codes_bg=codes_bg, warm=point if config.bootstrap_fit == "logistic" else None,
-    )
-    boot = _all_bias(boot_cavs, boot_diffs, config, sae, sae_li, n_l)  # (b, t, l)
-    centre = bias if shift else None
-    bias_low, bias_high = percentile_ci(np.moveaxis(boot, 0, -1), config.ci, centre=centre)
 
-    sizes = {n: positives[n].shape[1] for n in names}
-    nulls: dict[tuple, np.ndarray] = {}
-    n_t = len(config.targets)
-    out = {k: np.full(n_t, np.nan) for k in ("summary", "lo", "hi", "fit", "plo", "phi")}
-    boot_summary = np.full((n_t, config.n_bootstrap), np.nan)
-    perm_summary = np.full((n_t, config.n_permutations), np.nan)
-    chosen = np.zeros((n_t, n_l), bool)
-    messages = {}
+    report(progress, 0.1, "bootstrap")
+    if needs_sae:
+        boot_cavs, boot_diffs = bootstrap_draws({n: positives[n] for n in names}, negatives, config.n_bootstrap,
+                                                config.seed, codes=codes, codes_bg=codes_bg)
+        boot = _all_bias(boot_cavs, boot_diffs, config, sae, sae_li, n_l)
+        unit_counts = None
+    elif config.cav_method == "logistic":
+        boot_cavs, _ = bootstrap_draws({n: positives[n] for n in names}, negatives, config.n_bootstrap, config.seed,
+                                       fit="logistic", warm=point)
+        boot, unit_counts = _all_bias(boot_cavs, None, config, sae, sae_li, n_l), None
+    else:
+        boot_cavs, unit_counts = sig.bootstrap_vectors(space, names, config.n_bootstrap, config.seed)
+        boot = sig.bootstrap_bias(boot_cavs, config.targets, config.ref1, config.ref2, signed=config.signed)
+    bias_low, bias_high = percentile_ci(np.moveaxis(boot, 0, -1), config.ci)
+
+    report(progress, 0.5, "permutation tests")
+    B = config.n_permutations
+    null = np.full((B, n_t, n_l), np.nan)
+    if needs_sae:
+        messages["_tests"] = ("no permutation test for SAE representations (top-k is not linear in the texts); "
+                              "use the dense representation for p-values")
+    elif config.cav_method == "logistic":
+        from analysis.bias.logistic_null import logistic_reference_null
+
+        null = logistic_reference_null(positives, negatives, point, config, space.units,
+                                       progress=scaled(progress, 0.5, 0.9))
+    else:
+        full = sig.reference_null(space, config.targets, config.ref1, config.ref2, B, config.seed, signed=config.signed)
+        null = full[1:]
+    layer_p = sig.p_two_sided(bias, null) if np.isfinite(null).all() else np.full((n_t, n_l), np.nan)
+    layer_p_adjusted = sig.max_t_adjusted(bias, null, np.broadcast_to(available, bias.shape))
+
     idx = {n: i for i, n in enumerate(names)}
+    out = {k: np.full(n_t, np.nan) for k in ("summary", "lo", "hi", "p", "mde")}
+    boot_summary = np.full((n_t, config.n_bootstrap), np.nan)
+    perm_summary = np.full((n_t, B), np.nan)
+    chosen = np.zeros((n_t, n_l), bool)
     for ti, t in enumerate(config.targets):
         acc3 = accuracy[[idx[t], idx[config.ref1], idx[config.ref2]]]
         try:
@@ -269,29 +375,70 @@ def bias_from_arrays(
             messages[t] = f"{t}: {err}"
             continue
         chosen[ti] = mask
-        key = (sizes[t], sizes[config.ref1], sizes[config.ref2])
-        if key not in nulls:
-            fake_cavs, fake_diffs = null_draws(negatives, key, config.n_permutations, config.seed, codes_bg=codes_bg)
-            stats = tuple(ConceptStats(c, None if fake_diffs is None else fake_diffs[i]) for i, c in enumerate(fake_cavs))
-            nulls[key] = _triple_bias(stats, config, sae, sae_li, n_l)
         out["summary"][ti] = summarise(bias[ti], mask)
-        out["fit"][ti] = summarise(bias_fit[ti], mask)
         boot_summary[ti] = summarise(boot[:, ti], mask)
-        perm_summary[ti] = summarise(nulls[key], mask)
-        out["lo"][ti], out["hi"][ti] = percentile_ci(boot_summary[ti], config.ci, centre=out["summary"][ti] if shift else None)
-        out["plo"][ti], out["phi"][ti] = percentile_ci(perm_summary[ti], config.ci)
+        out["lo"][ti], out["hi"][ti] = percentile_ci(boot_summary[ti], config.ci)
+        perm_summary[ti] = summarise(null[:, ti], mask)
+        if np.isfinite(perm_summary[ti]).all():
+            out["p"][ti] = float(sig.p_two_sided(out["summary"][ti], perm_summary[ti]))
+            out["mde"][ti] = sig.minimum_detectable(perm_summary[ti], config.alpha)
+
+    differential = None
+    if config.differential is not None and not needs_sae and config.cav_method == "mean_diff":
+        report(progress, 0.8, "differential test")
+        differential = _differential(space, config, bias, boot, boot_cavs, unit_counts, chosen, layers, messages)
+    elif config.differential is not None:
+        messages["_differential"] = "the differential test needs the dense representation with cav_method='mean_diff'"
 
     shared = None
     if sae_li is not None:  # with dense, the CAV's decoder projections show the latents
         rep = REPRESENTATIONS[config.representation if needs_sae else "sae-proj"]
         reps = {n: rep(ConceptStats(point[n][sae_li], None if diffs is None else diffs[n]), sae, config.top_k) for n in names}
         shared = shared_latents(reps, config.targets, (config.ref1, config.ref2), layers[sae_li])
+    report(progress, 1.0, "done")
     return BiasResult(
         targets=tuple(config.targets), refs=(config.ref1, config.ref2), layers=tuple(layers), concepts=tuple(names),
         bias=bias, bias_low=bias_low, bias_high=bias_high, accuracy=np.asarray(accuracy, np.float64), chosen=chosen,
-        summary=out["summary"], ci_low=out["lo"], ci_high=out["hi"], summary_bootstrap_fit=out["fit"],
-        boot=boot_summary, perm_low=out["plo"], perm_high=out["phi"], perm=perm_summary, messages=messages,
-        shared=shared, config=config.to_dict(), model=model,
+        summary=out["summary"], ci_low=out["lo"], ci_high=out["hi"], boot=boot_summary, perm=perm_summary,
+        p_value=out["p"], p_holm=sig.holm(out["p"]), minimum_detectable=out["mde"], layer_p=layer_p,
+        layer_p_adjusted=layer_p_adjusted, n_permutations=B,
+        n_units={n: int(space.units[n].max()) + 1 for n in names}, differential=differential,
+        messages=messages, shared=shared, config=config.to_dict(), model=model,
+    )
+
+
+def _differential(space, config: BiasConfig, bias, boot, boot_cavs, unit_counts, chosen, layers, messages):
+    from analysis.bias import significance as sig
+
+    x, y = config.differential
+    xi, yi = config.targets.index(x), config.targets.index(y)
+    mask = chosen[xi] & chosen[yi]
+    if not mask.any():
+        mask = chosen[xi] | chosen[yi]
+    if not mask.any():
+        messages["_differential"] = f"no layer qualifies for {x} or {y}: no differential test"
+        return None
+    full = sig.differential_null(space, x, y, config.ref1, config.ref2, config.n_permutations, config.seed,
+                                 signed=config.signed)
+    observed, null = full[0], full[1:]
+    effect = float(observed[mask].mean())
+    null_summary = null[:, mask].mean(1)
+    r1v, r2v = space.vector(config.ref1), space.vector(config.ref2)
+    sx, sy = (sig.unit_scores(space, c, r1v, r2v, mask) for c in (x, y))
+    d = sig.effect_size(effect, sx, sy)
+    boot_effect = boot[:, xi][:, mask].mean(-1) - boot[:, yi][:, mask].mean(-1)
+    bx, by = (sig.unit_scores(space, c, boot_cavs[config.ref1], boot_cavs[config.ref2], mask) for c in (x, y))
+    sd_b = sig.weighted_sd(np.concatenate([bx, by], 1), np.concatenate([unit_counts[x], unit_counts[y]], 1))
+    d_b = boot_effect / np.where(sd_b > 0, sd_b, np.nan)
+    lo, hi = percentile_ci(d_b, config.ci)
+    elo, ehi = percentile_ci(boot_effect, config.ci)
+    return Differential(
+        targets=(x, y), effect=effect, effect_size_d=d, ci_low=float(lo), ci_high=float(hi),
+        effect_ci_low=float(elo), effect_ci_high=float(ehi),
+        p_value=float(sig.p_two_sided(effect, null_summary)), n_permutations=config.n_permutations,
+        layers=tuple(l for l, m in zip(layers, mask) if m),
+        minimum_detectable=sig.minimum_detectable(null_summary, config.alpha), layer_effect=observed,
+        layer_p=sig.p_two_sided(observed, null), layer_p_adjusted=sig.max_t_adjusted(observed, null), null=null_summary,
     )
 
 
@@ -312,16 +459,11 @@ def sae_view(lm, layer: int | None = None) -> SaeView | None:
                    encode=lambda x: saes.encode(loaded.sae, np.asarray(x, np.float32)).cpu().numpy())
 
 
-def compute_bias(lm, config: BiasConfig, progress: Progress | None = None) -> BiasResult:
-    """Extract activations (disk-cached), fit CAVs (``analysis.concepts.cavs``), then :func:`bias_from_arrays`.
+def bias_inputs(lm, config: BiasConfig, progress: Progress | None = None):
+    """Activations (disk-cached) of every concept and the background, and the resampling units."""
+    from analysis.bias.units import text_units
+    from analysis.concepts import background_texts, load_concepts, stacked_activations
 
-    Every layer is used; texts are the first ``max_texts`` of each concept and the
-    first ``max_background`` background texts.
-    """
-    from analysis.concepts import CavConfig, fit_cavs_arrays, stacked_activations
-    from analysis.concepts import background_texts, load_concepts
-
-    report = progress or (lambda f, msg: None)
     sets = load_concepts()
     missing = [c for c in config.concepts if c not in sets]
     if missing:
@@ -332,80 +474,24 @@ def compute_bias(lm, config: BiasConfig, progress: Progress | None = None) -> Bi
     total = len(texts) + 1
 
     def stage(i, what):
-        return lambda f: report(0.6 * (i + f) / total, f"activations: {what}")
+        return lambda f: report(progress, (i + f) / total, f"activations: {what}")
 
     negatives = stacked_activations(lm, background, layers, "last", progress=stage(0, "background"))
     positives = {n: stacked_activations(lm, t, layers, "last", progress=stage(i + 1, n)) for i, (n, t) in enumerate(texts.items())}
-    report(0.6, "fitting CAVs")
-    cav_config = CavConfig(concepts=config.concepts, method=config.cav_method, n_random=1, seed=config.seed)
-    cavs = fit_cavs_arrays(positives, negatives, cav_config, layers,
-                           progress=lambda f, msg: report(0.6 + 0.3 * f, msg), model=lm.name)
-    sae = sae_view(lm)
-    if config.representation in NEEDS_SAE and sae is None:
+    units = text_units(texts) if config.units == "auto" else None
+    return positives, negatives, units, layers
+
+
+def compute_bias(lm, config: BiasConfig, progress: Progress | None = None) -> BiasResult:
+    """Extract activations, fit CAVs for the accuracies (``analysis.concepts``), then :func:`bias_from_arrays`."""
+    from analysis.concepts import CavConfig, fit_cavs_arrays
+
+    if config.representation in NEEDS_SAE and sae_view(lm) is None:
         raise ValueError(f"representation {config.representation!r} needs an SAE and {lm.name} has none shipped; use 'dense'")
-    report(0.9, "bootstrap and permutation null")
-    result = bias_from_arrays(positives, negatives, cavs.vectors, cavs.accuracy, config, layers, sae=sae, model=lm.name)
-    report(1.0, "done")
-    return result
-
-
-# ---------------------------------------------------------------- presets and frames
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    title: str
-    description: str
-    targets: tuple[str, ...]
-    ref1: str
-    ref2: str
-    templates: str = "evaluative"
-
-
-def load_presets() -> dict[str, Preset]:
-    """The presets in ``assets/bias/presets.yaml``."""
-    import yaml
-
-    from analysis.paths import ASSETS
-
-    raw = yaml.safe_load((ASSETS / "bias" / "presets.yaml").read_text())["presets"]
-    return {k: Preset(name=k, title=v["title"], description=v["description"], targets=tuple(v["targets"]),
-                      ref1=v["ref1"], ref2=v["ref2"], templates=v.get("templates", "evaluative")) for k, v in raw.items()}
-
-
-def preset_config(name: str, **overrides) -> BiasConfig:
-    """A :class:`BiasConfig` for a preset; ``overrides`` set any other field."""
-    presets = load_presets()
-    if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; valid presets are {sorted(presets)}")
-    p = presets[name]
-    return BiasConfig(targets=p.targets, ref1=p.ref1, ref2=p.ref2, **overrides)
-
-
-def summary_frame(result: BiasResult):
-    """One row per target: summary Bias, CI, permutation band, chosen layers, message."""
-    import pandas as pd
-
-    return pd.DataFrame([{
-        "target": t, "ref1": result.refs[0], "ref2": result.refs[1], "bias": result.summary[i],
-        "ci_low": result.ci_low[i], "ci_high": result.ci_high[i], "perm_low": result.perm_low[i],
-        "perm_high": result.perm_high[i], "bias_bootstrap_fit": result.summary_bootstrap_fit[i],
-        "layers": " ".join(map(str, result.chosen_layers(t))), "message": result.messages.get(t, ""),
-    } for i, t in enumerate(result.targets)])
-
-
-def layer_frame(result: BiasResult):
-    """One row per (target, layer): Bias, its bootstrap CI, whether chosen, the three accuracies."""
-    import pandas as pd
-
-    idx = {c: i for i, c in enumerate(result.concepts)}
-    rows = []
-    for ti, t in enumerate(result.targets):
-        for li, layer in enumerate(result.layers):
-            rows.append({
-                "target": t, "layer": layer, "bias": result.bias[ti, li], "ci_low": result.bias_low[ti, li],
-                "ci_high": result.bias_high[ti, li], "chosen": bool(result.chosen[ti, li]),
-                "acc_target": result.accuracy[idx[t], li], "acc_ref1": result.accuracy[idx[result.refs[0]], li],
-                "acc_ref2": result.accuracy[idx[result.refs[1]], li],
-            })
-    return pd.DataFrame(rows)
+    positives, negatives, units, layers = bias_inputs(lm, config, scaled(progress, 0.0, 0.5))
+    report(progress, 0.5, "fitting CAVs")
+    cav_config = CavConfig(concepts=config.concepts, method=config.cav_method, n_random=1, seed=config.seed)
+    cavs = fit_cavs_arrays(positives, negatives, cav_config, layers, progress=scaled(progress, 0.5, 0.7), model=lm.name)
+    sae = sae_view(lm)
+    return bias_from_arrays(positives, negatives, cavs.vectors, cavs.accuracy, config, layers, sae=sae, model=lm.name,
+                            units=units, progress=scaled(progress, 0.7, 1.0))

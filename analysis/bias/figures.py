@@ -1,4 +1,4 @@
-"""Figures for bias asymmetry (BiasLens): layer heatmap, summary bars, shared latents, behaviour scatter.
+"""Figures for bias asymmetry (BiasLens): layer heatmap, summary bars, differential, shared latents, behaviour.
 
 Builders take a ``BiasResult`` / ``SharedLatents`` / ``BehaviourData`` and return a
 themed ``go.Figure``; they never call Streamlit.
@@ -11,7 +11,6 @@ import plotly.graph_objects as go
 
 from analysis.figures.theme import DIVERGING_HEATMAP, QUALITATIVE, apply_theme
 
-BAND_GREY = "rgba(120,120,120,0.25)"
 
 
 def _pretty(name: str) -> str:
@@ -22,24 +21,38 @@ def _refs_label(result) -> str:
     return f"{_pretty(result.refs[0])} − {_pretty(result.refs[1])}"
 
 
+def _family(result) -> str:
+    n_l, n_t = len(result.layers), len(result.targets)
+    return f"{n_l} layers" if n_t == 1 else f"{n_l} layers × {n_t} targets"
+
+
 def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
-    """Targets × layers Bias, diverging and centred on zero; chosen layers marked with a dot."""
+    """Targets × layers Bias, diverging and centred on zero; dots: layers in the summary;
+    open diamonds: cells that survive the family-wise (max-|T|) correction at alpha."""
     bias = np.asarray(result.bias, float)
     finite = bias[np.isfinite(bias)]
     span = float(np.abs(finite).max()) if finite.size else 1.0
     y = [_pretty(t) for t in result.targets]
-    custom = np.stack([result.bias_low, result.bias_high], -1)
+    custom = np.stack([result.bias_low, result.bias_high, result.layer_p, result.layer_p_adjusted], -1)
     fig = go.Figure(go.Heatmap(
         z=bias, x=list(result.layers), y=y, zmin=-span, zmax=span, customdata=custom,
         colorbar=dict(title=dict(text="Bias")), **DIVERGING_HEATMAP,
-        hovertemplate="%{y}, layer %{x}<br>Bias %{z:.3f}<br>CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>",
+        hovertemplate=("%{y}, layer %{x}<br>Bias %{z:.3f}<br>CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                       "<br>p %{customdata[2]:.3f}, corrected %{customdata[3]:.3f}<extra></extra>"),
     ))
     ti, li = np.nonzero(result.chosen)
     if len(ti):
         fig.add_trace(go.Scatter(
             x=[result.layers[i] for i in li], y=[y[i] for i in ti], mode="markers", name="layers in the summary",
-            marker=dict(symbol="circle", size=6, color="#222222"), hoverinfo="skip",
+            marker=dict(symbol="circle", size=5, color="#222222"), hoverinfo="skip",
         ))
+    si, sl = np.nonzero(result.surviving)
+    fig.add_trace(go.Scatter(
+        x=[result.layers[i] for i in sl], y=[y[i] for i in si], mode="markers",
+        name=f"p < {result.alpha:g} after max-|T| correction over {_family(result)}",
+        marker=dict(symbol="diamond-open", size=13, color="#222222", line=dict(width=2)), hoverinfo="skip",
+        visible=True if len(si) else "legendonly",
+    ))
     fig.update_layout(
         title=title or f"Bias per layer: Align(target, {_pretty(result.refs[0])}) − Align(target, {_pretty(result.refs[1])})",
         xaxis_title="layer", yaxis_title="target", yaxis_autorange="reversed",
@@ -49,30 +62,74 @@ def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
 
 
 def summary_figure(result, *, title: str | None = None) -> go.Figure:
-    """Summary Bias per target with bootstrap CI bars; grey boxes: the permutation null band."""
+    """Summary Bias per target with bootstrap CI bars; the permutation test written under each bar."""
+    from analysis.bias.reading import p_text
+
     x = [_pretty(t) for t in result.targets]
-    fig = go.Figure(go.Bar(  # a floating bar per target: the null band from perm_low to perm_high
-        x=x, y=result.perm_high - result.perm_low, base=result.perm_low, name="permutation null band",
-        marker_color=BAND_GREY, width=0.8, hoverinfo="skip",
-    ))
     summary = np.asarray(result.summary, float)
-    fig.add_trace(go.Bar(
+    fig = go.Figure(go.Bar(
         x=x, y=summary, name="Bias (bootstrap CI)", marker_color=[QUALITATIVE[0] if s >= 0 else QUALITATIVE[3] for s in np.nan_to_num(summary)],
         error_y=dict(type="data", symmetric=False, array=result.ci_high - summary, arrayminus=summary - result.ci_low,
                      thickness=1.5, width=6, color="#222222"),
-        customdata=np.stack([result.ci_low, result.ci_high, result.perm_low, result.perm_high], -1),
+        customdata=np.stack([result.ci_low, result.ci_high, result.p_value, result.p_holm, result.minimum_detectable], -1),
         hovertemplate=("%{x}<br>Bias %{y:.3f}<br>CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                       "<br>null band [%{customdata[2]:.3f}, %{customdata[3]:.3f}]<extra></extra>"),
+                       "<br>p %{customdata[2]:.3f} (Holm %{customdata[3]:.3f})<br>detectable |Bias| ≥ %{customdata[4]:.3f}"
+                       "<extra></extra>"),
         width=0.55,
     ))
+    for i, t in enumerate(x):
+        if not np.isfinite(result.p_value[i]):
+            continue
+        sig_ = result.p_holm[i] < result.alpha
+        label = p_text(result.p_value[i], result.n_permutations) + ("" if sig_ else
+                                                                    f"<br>n.s.; detectable ≥ {result.minimum_detectable[i]:.3f}")
+        fig.add_annotation(x=t, y=0, yref="y", text=label, showarrow=False, yshift=-14 if summary[i] >= 0 else 14,
+                           font=dict(size=10, color="#222222" if sig_ else "#777777"))
     missing = [x[i] for i in range(len(x)) if not np.isfinite(summary[i])]
     note = f" (no qualifying layer: {', '.join(missing)})" if missing else ""
+    lines = [f"{x[i]}: {result.verdict(i)}" for i in range(len(x))]
+    if result.differential is not None:
+        from analysis.bias.reading import differential_verdict
+
+        lines.append(differential_verdict(result.differential, result.alpha))
+    caption = "<br>".join(lines) + (f"<br>Two-sided permutation tests: {result.n_permutations} re-partitions of "
+                                     f"{_pretty(result.refs[0])} ∪ {_pretty(result.refs[1])}; Holm over targets.")
     fig.update_layout(
         title=title or f"Summary Bias ({_refs_label(result)}){note}",
         xaxis_title="target", yaxis_title=f"Bias (+: leans to {_pretty(result.refs[0])})", barmode="overlay",
-        legend=dict(orientation="h", y=-0.3),
+        showlegend=False, margin=dict(b=110 + 16 * len(lines)),
     )
+    fig.add_annotation(text=caption, xref="paper", yref="paper", x=0, y=-0.22, yanchor="top", xanchor="left",
+                       showarrow=False, align="left", font=dict(size=10))
     fig.add_hline(y=0, line=dict(color="#888888", width=1))
+    return apply_theme(fig)
+
+
+def differential_figure(result, *, title: str | None = None) -> go.Figure:
+    """Bias(X) − Bias(Y) per layer with the layers that survive max-|T| over layers marked; verdict as title."""
+    from analysis.bias.reading import differential_verdict
+
+    diff = result.differential
+    fig = go.Figure()
+    if diff is None:
+        fig.add_annotation(text="Give two targets to compare (differential test)", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        fig.update_layout(title=title or "Differential Bias", xaxis_visible=False, yaxis_visible=False)
+        return apply_theme(fig)
+    x, y = (_pretty(t) for t in diff.targets)
+    layers = list(result.layers)
+    fig.add_trace(go.Scatter(x=layers, y=diff.layer_effect, mode="lines+markers", name=f"Bias({x}) − Bias({y})",
+                             line=dict(color=QUALITATIVE[0]),
+                             customdata=np.stack([diff.layer_p, diff.layer_p_adjusted], -1),
+                             hovertemplate="layer %{x}<br>%{y:.3f}<br>p %{customdata[0]:.3f}, corrected %{customdata[1]:.3f}<extra></extra>"))
+    keep = np.nan_to_num(diff.layer_p_adjusted, nan=1.0) < result.alpha
+    fig.add_trace(go.Scatter(x=[l for l, k in zip(layers, keep) if k], y=diff.layer_effect[keep], mode="markers",
+                             name=f"p < {result.alpha:g} after max-|T| correction over {len(layers)} layers",
+                             marker=dict(symbol="diamond-open", size=13, color="#222222", line=dict(width=2))))
+    fig.add_hline(y=0, line=dict(color="#888888", width=1))
+    fig.update_layout(title=title or f"Differential: {differential_verdict(diff, result.alpha)}", title_font_size=12,
+                      xaxis_title="layer", yaxis_title=f"Bias({x}) − Bias({y})", xaxis=dict(dtick=1),
+                      legend=dict(orientation="h", y=-0.25))
     return apply_theme(fig)
 
 
@@ -124,8 +181,9 @@ def behaviour_figure(data, *, title: str | None = None) -> go.Figure:
         ))
     n = int(np.sum(np.isfinite(data.conceptual) & np.isfinite(data.behavioural)))
     rho = "n/a" if not np.isfinite(data.rho) else f"{data.rho:.2f}"
+    ci = f" [{data.rho_low:.2f}, {data.rho_high:.2f}]" if np.isfinite(data.rho_low) else ""
     fig.update_layout(
-        title=title or f"Conceptual vs behavioural Bias: Spearman r = {rho} (n = {n} triples)",
+        title=title or f"Conceptual vs behavioural Bias: Spearman ρ = {rho}{ci} (n = {n} triples, bootstrap 95 % CI)",
         xaxis_title="conceptual Bias (summary, bootstrap CI)", yaxis_title="behavioural Bias (log-prob difference, ± s.e.)",
         legend=dict(orientation="h", y=-0.25),
     )

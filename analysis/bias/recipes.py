@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from analysis.bias.behaviour import BehaviourConfig, compute_behaviour
-from analysis.bias.compute import BiasConfig, compute_bias, layer_frame, summary_frame
-from analysis.bias.figures import behaviour_figure, heatmap_figure, summary_figure
+from analysis.bias.compute import BiasConfig, compute_bias
+from analysis.bias.figures import behaviour_figure, differential_figure, heatmap_figure, summary_figure
+from analysis.bias.frames import layer_frame, summary_frame
 
 
 def _heatmap_recipe(lm, config: dict):
@@ -19,10 +20,21 @@ def _summary_recipe(lm, config: dict):
     return summary_figure(result), summary_frame(result)
 
 
+def _differential_recipe(lm, config: dict):
+    import pandas as pd
+
+    result = compute_bias(lm, BiasConfig.from_dict(config))
+    d = result.differential
+    frame = None if d is None else pd.DataFrame({"layer": list(result.layers), "effect": d.layer_effect,
+                                                 "p_value": d.layer_p, "p_adjusted": d.layer_p_adjusted})
+    return differential_figure(result), frame
+
+
 def _behaviour_recipe(lm, config: dict):
 
     data = compute_behaviour(lm, BehaviourConfig.from_dict(config))
     return behaviour_figure(data), data.to_frame()
 
 
-RECIPES = {"bias_heatmap": _heatmap_recipe, "bias_summary": _summary_recipe, "bias_behaviour": _behaviour_recipe}
+RECIPES = {"bias_heatmap": _heatmap_recipe, "bias_summary": _summary_recipe, "bias_differential": _differential_recipe,
+           "bias_behaviour": _behaviour_recipe}

@@ -1,4 +1,6 @@
-"""Resampled concept estimates for Bias: bootstrap over texts and the background-split null.
+"""Resampled concept estimates for Bias: bootstrap over texts (used by the SAE
+representations, logistic refits and ``analysis.compare``; dense mean-difference
+runs use ``analysis.bias.significance``).
 
 Both return, per concept, a CAV estimate ``(draws, layers, d)`` and (with SAE codes)
 a mean-code difference ``(draws, k)``; ``analysis.bias.compute`` turns them into Bias.
@@ -8,16 +10,16 @@ logistic refits; fake-concept sizes).
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 from jaxtyping import Float
+
+from analysis.sampling import rng as seeded_rng
 
 
 
 def rng_for(seed: int, *salt) -> np.random.Generator:
-    """A generator seeded by ``seed`` and the salt, so each draw family is independent and stable."""
-    return np.random.default_rng([seed, *[zlib.crc32(str(s).encode()) for s in salt]])
+    """A generator seeded by ``seed`` and the salt (``analysis.sampling.rng``)."""
+    return seeded_rng(seed, *salt)
 
 
 def weighted_means(w: Float[np.ndarray, "b n"], x: Float[np.ndarray, "l n d"]) -> Float[np.ndarray, "b l d"]:
@@ -49,14 +51,14 @@ def bootstrap_draws(
     ``codes[c]`` (n, k) / ``codes_bg`` (m, k): SAE codes, resampled with the same draws.
     """
     m = negatives.shape[1]
-    rng = rng_for(seed, "bootstrap-background")
+    rng = seeded_rng(seed, "bootstrap-background")
     bg_idx = rng.integers(0, m, size=(n_draws, m))
     w_bg = _counts(bg_idx, m)
     bg_mean = weighted_means(w_bg, negatives) if fit == "mean_diff" else None
     cavs, diffs = {}, ({} if codes is not None else None)
     for name, pos in positives.items():
         n = pos.shape[1]
-        idx = rng_for(seed, "bootstrap", name).integers(0, n, size=(n_draws, n))
+        idx = seeded_rng(seed, "bootstrap", name).integers(0, n, size=(n_draws, n))
         w = _counts(idx, n)
         if fit == "mean_diff":
             cavs[name] = weighted_means(w, pos) - bg_mean
@@ -85,36 +87,6 @@ def _logistic_refits(pos, neg, idx, neg_idx, C: float, warm) -> np.ndarray:
                 x = np.concatenate([pos[li, idx[b]], neg[li, neg_idx[b]]])
                 out[b, li] = clf.fit(x, y).coef_[0]
     return out
-
-
-def null_draws(
-    negatives: Float[np.ndarray, "l m d"],
-    sizes: tuple[int, int, int],
-    n_draws: int,
-    seed: int,
-    *,
-    codes_bg: np.ndarray | None = None,
-) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """Fake (t, r1, r2): disjoint random background subsets of ``sizes`` (each ≤ m/4), mean_diff CAVs.
-
-    Returns three ``(n_draws, l, d)`` CAV arrays (and three ``(n_draws, k)`` code differences).
-    """
-    m = negatives.shape[1]
-    sizes = tuple(max(2, min(s, m // 4)) for s in sizes)
-    rng = rng_for(seed, "null", *sizes)
-    perms = np.stack([rng.permutation(m) for _ in range(n_draws)])
-    start = np.cumsum((0, *sizes))
-    rest = np.zeros((n_draws, m))
-    np.put_along_axis(rest, perms[:, start[-1]:], 1.0 / (m - start[-1]), 1)
-    rest_mean = weighted_means(rest, negatives)
-    cavs, diffs = [], ([] if codes_bg is not None else None)
-    for i in range(3):
-        w = np.zeros((n_draws, m))
-        np.put_along_axis(w, perms[:, start[i]:start[i + 1]], 1.0 / sizes[i], 1)
-        cavs.append(weighted_means(w, negatives) - rest_mean)
-        if codes_bg is not None:
-            diffs.append((w - rest) @ codes_bg)
-    return cavs, diffs
 
 
 def mean_diff(pos: Float[np.ndarray, "l n d"], neg: Float[np.ndarray, "l m d"]) -> Float[np.ndarray, "l d"]:
