@@ -227,7 +227,9 @@ with tab_dpo:
         st.dataframe(gainers_frame(result), hide_index=True, key="lik_gainers")
         disc = discovery_frame(result)
         if not disc.empty:
-            step = st.slider("Top gainers at step", 1, int(disc["step"].max()), int(disc["step"].max()), key="lik_disc_step")
+            last_step = int(disc["step"].max())
+            step = (st.slider("Top gainers at step", 1, last_step, last_step, key="lik_disc_step")
+                    if last_step > 1 else last_step)
             st.dataframe(disc[(disc["step"] == step) & (disc["order"] == "p")], hide_index=True, key="lik_disc")
         st.dataframe(summary_frame(result), hide_index=True, key="lik_dpo_table")
 

@@ -177,7 +177,7 @@ def test_discovery_finds_a_planted_token_that_gains_mass():
     result = run_dpo(lm, pair, DPOConfig(optimizer="sgd", lr=0.5, steps=4, discover=5))
     disc = discovery_frame(result)
     last = disc[(disc["step"] == 4) & (disc["order"] == "p")].sort_values("rank")
-    assert int(last["token_id"].iloc[0]) == z and last["token"].iloc[0] == tok.convert_ids_to_tokens(z)
+    assert int(last["token_id"].iloc[0]) == z and last["token"].iloc[0] == tok.decode([z])
     gain = gainers_frame(result)
     assert int(gain["token_id"].iloc[0]) == z and gain["p_change_mean"].iloc[0] > 0
     traj = trajectory_frame(result)
@@ -185,7 +185,7 @@ def test_discovery_finds_a_planted_token_that_gains_mass():
     assert pz[0] == 0 and np.all(np.diff(pz) > 0)
     hist = history_frame(result)
     assert np.isnan(hist["rank_chosen_by_p_gain"].iloc[0]) and hist["rank_chosen_by_p_gain"].iloc[-1] > 1
-    assert hist["top_gainer"].iloc[-1] == tok.convert_ids_to_tokens(z)
+    assert hist["top_gainer"].iloc[-1] == tok.decode([z])
     ids, _ = pushed_tokens(unembedding(lm), plus, minus, 3)
     assert int(ids[0]) == z
     # the discovery's p is the model's own next-token probability after the prompt

@@ -103,6 +103,7 @@ class DPORun:
     final_p_change: np.ndarray | None = None
     final_logp_change: np.ndarray | None = None
     sft_loss: list[float] = field(default_factory=list)
+    first_tokens: tuple[int, ...] = ()  # first token ids of the run's y+ and y- responses
 
 
 @dataclass
@@ -115,7 +116,15 @@ class DPOResult:
     policy: LogitsFn | None = None  # the last run's trained copy as (ids, mask) -> logits, when kept
     module: torch.nn.Module | None = None  # ... and as a module (for save_checkpoint), when kept
     seconds_per_step: float = float("nan")
-    vocab: tuple[str, ...] = ()
+    tokenizer: Any = field(default=None, repr=False)
+    _names: dict = field(default_factory=dict, repr=False)
+
+    def token(self, i: int) -> str:
+        """The decoded text of token id ``i`` (a leading space shows as a space)."""
+        i = int(i)
+        if i not in self._names:
+            self._names[i] = self.tokenizer.decode([i]) if self.tokenizer is not None else str(i)
+        return self._names[i]
 
     @property
     def partial(self) -> bool:
@@ -180,7 +189,7 @@ def gainers_frame(result: DPOResult, n: int | None = None) -> pd.DataFrame:
 
 
 def _token(result: DPOResult, i: int) -> str:
-    return result.vocab[int(i)] if int(i) < len(result.vocab) else str(int(i))
+    return result.token(i)
 
 
 def check_memory(lm: LoadedModel, factor: float = 4.0):
@@ -208,7 +217,7 @@ def run_dpo(
         raise ValueError("append_eos needs a tokenizer with an EOS token")
     check_memory(lm, cfg.memory_factor)
     plan = [(seed, [selected[j] for j in idx]) for seed, idx in run_plan(len(selected), cfg)]
-    result = DPOResult(cfg, n_pairs=len(selected), vocab=tuple(tok.convert_ids_to_tokens(list(range(len(tok))))))
+    result = DPOResult(cfg, n_pairs=len(selected), tokenizer=tok)
     per_run = cfg.sft_epochs * _n_batches(len(plan[0][1]), cfg) + cfg.steps + 1
     total = per_run * len(plan)
     done = 0
@@ -225,6 +234,7 @@ def run_dpo(
             result.module, result.policy = policy, None
             enc_c = encode_responses(tok, [all_pairs[i].prompt for i in run_pairs], [all_pairs[i].chosen for i in run_pairs], cfg.append_eos)
             enc_r = encode_responses(tok, [all_pairs[i].prompt for i in run_pairs], [all_pairs[i].rejected for i in run_pairs], cfg.append_eos)
+            run.first_tokens = tuple(sorted({e.ids[j][e.n_prompt[j]] for e in (enc_c, enc_r) for j in range(len(run_pairs))}))
             order = _batch_order(len(run_pairs), cfg, seed)
             ctor = OPTIMIZERS[cfg.optimizer][0]
             for epoch in range(cfg.sft_epochs):
@@ -422,6 +432,7 @@ def _trajectories(result: DPOResult, snapshots: dict[int, list[tuple[int, np.nda
         return []
     tracked = set(int(t) for t in gainers_frame(result)["token_id"]) | set(int(t) for t in watch_ids)
     for run in result.runs:
+        tracked |= set(int(t) for t in run.first_tokens)
         if run.final_p_change is not None:
             tracked |= set(np.argsort(-run.final_p_change, kind="stable")[: result.config.discover].tolist())
     rows = []
