@@ -133,9 +133,12 @@ def extract_corpus(
     run_start = time.perf_counter()
     details: dict = {}
 
+    finish_times: list[float] = []
+
     def finished(shard: sh.Shard, seconds: float) -> None:
         nonlocal done_texts
         computed.append(shard.index)
+        finish_times.append(time.perf_counter() - run_start)
         sh.record(out, manifest, shard, seconds)
         done_texts += shard.stop - shard.start
         new = sum(plan[i].stop - plan[i].start for i in computed)
@@ -155,6 +158,7 @@ def extract_corpus(
     except Stopped:
         stopped = True
     sh.finish(out, manifest, len(plan))
+    details["finish_seconds"] = [round(t, 3) for t in finish_times]  # since the run began, per shard
     elapsed = time.perf_counter() - run_start
     new = sum(plan[i].stop - plan[i].start for i in computed)
     return ExtractRun(out, len(texts), len(plan), tuple(sorted(computed)), tuple(skipped),
