@@ -243,3 +243,14 @@ def test_dpo_recipe_reproduces_the_figure_numbers(monkeypatch):
         cols = [c for c in want.columns if c != "seconds"]
         pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), want[cols].reset_index(drop=True), rtol=1e-12)
         assert len(fig.data) >= 1
+
+
+def test_sparse_embedding_only_for_tied_weights():
+    from analysis.likelihood.training import sparse_input_embedding
+
+    lm = _tiny_hf64()
+    hf = copy.deepcopy(lm.model.original_model)
+    assert sparse_input_embedding(hf) and hf.get_input_embeddings().sparse
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone())  # untie
+    hf.get_input_embeddings().sparse = False
+    assert not sparse_input_embedding(hf) and not hf.get_input_embeddings().sparse

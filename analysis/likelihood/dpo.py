@@ -55,7 +55,9 @@ from analysis.likelihood.ches import (
     LikelihoodConfig, LogitsFn, _pairs, encode_responses, lm_logits_fn, response_stats,
 )
 from analysis.likelihood.dpo_config import OPTIMIZERS, DPOConfig
-from analysis.likelihood.training import PositionFn, clear_hooks, forward_logprobs, forward_positions, memory_check
+from analysis.likelihood.training import (
+    PositionFn, clear_hooks, forward_logprobs, forward_positions, memory_check, sparse_input_embedding,
+)
 from analysis.models import LoadedModel
 from analysis.progress import Progress, Stopped, report
 from analysis.sampling import rng, subsample_indices
@@ -89,6 +91,7 @@ def trainable_copy(lm: LoadedModel) -> tuple[torch.nn.Module, PositionFn]:
     policy.eval()
     for p in policy.parameters():
         p.requires_grad_(True)
+    sparse_input_embedding(policy)
     return policy, lambda ids, mask, cols: forward_positions(policy, ids, mask, cols)
 
 

@@ -48,6 +48,26 @@ def clear_hooks(module: torch.nn.Module) -> None:
             m._backward_hooks.clear()
 
 
+def sparse_input_embedding(module: torch.nn.Module) -> bool:
+    """Make the input-embedding lookup of an HF model send a sparse gradient (the rows it read).
+
+    The same gradient, far less work: a dense embedding backward zero-fills a
+    vocab x d_model buffer (262k x 640 on Gemma) and adds it to the tied
+    weight's gradient; the sparse one touches the looked-up rows only. The
+    dense lm_head gradient still makes the parameter's gradient dense, so
+    every optimizer sees what it would without this. Returns whether it applied.
+    """
+    get, out = getattr(module, "get_input_embeddings", None), getattr(module, "get_output_embeddings", None)
+    emb = get() if callable(get) else None
+    head = out() if callable(out) else None
+    # Only for tied weights: an untied embedding would get a sparse gradient alone, which
+    # RMSprop and Adam refuse.
+    if isinstance(emb, torch.nn.Embedding) and head is not None and head.weight is emb.weight:
+        emb.sparse = True
+        return True
+    return False
+
+
 def forward_positions(module: torch.nn.Module, ids: Int[Tensor, "b p"], mask: Int[Tensor, "b p"],
                       cols: Int[Tensor, "c"]) -> Float[Tensor, "b c vocab"]:
     """Logits of ``module`` at columns ``cols`` only (see the module docstring)."""
