@@ -1,69 +1,55 @@
-"""Evaluating a steering vector (METHODS §3 "Show"): α sweep, background loss, links.
+"""Evaluating a steering vector (METHODS §3 "Show"): α sweep with null band and side effects, links.
 
 * :func:`compute_alpha_sweep`: on held-out pairs, gap(α) = log p(positive
   completion | prompt) − log p(negative completion | prompt) (summed over the
-  completion's tokens, mean over pairs), with α·v added at every position;
-  plus the model's mean next-token loss on neutral background text at each α
-  (how much steering damages ordinary language modelling).
-* :func:`compute_cav_links`: cosine of each layer's vector with the shipped
-  concepts' CAVs (``analysis.concepts.cavs``).
-* :func:`compute_sae_links`: cosine of the vector with each decoder row of a
-  shipped SAE at its layer (``analysis.saes.loading``); the top latents.
+  completion's tokens, :mod:`analysis.logprobs` convention), with α·v added at
+  every position. Per α also:
 
-Footgun: the completion's tokens are those after ``len(tokenize(prompt))``;
-a completion that merges with the prompt's last token across the boundary
-would be mis-split (completions here start with a space, which avoids it).
+  - a **null band**: the gap change of ``n_null`` random directions, each
+    scaled to ‖v_l‖, at the same α (is the effect specific to v?);
+  - **side effects** on a capped seeded sample of neutral background text
+    (``analysis.sampling``): mean next-token loss and mean KL(unsteered ‖
+    steered) of the next-token distribution, each ± s.e. over texts; and the
+    shift of the background's projection onto each shipped concept's CAV at a
+    read-out layer (off-target concepts), in units of the unsteered
+    projections' standard deviation.
+* :func:`compute_cav_links`: cosine of each layer's vector with the shipped
+  concepts' CAVs (``analysis.concepts``).
+* :func:`compute_sae_links`: cosine of the vector with each decoder row of a
+  shipped SAE at its layer; the top latents.
+
+Background loss is the mean over texts of each text's mean token NLL (so its
+s.e. is over texts). Progress may raise :class:`analysis.progress.Stopped`;
+the sweep then returns the α values finished (``stopped``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
-from jaxtyping import Float
 
 from analysis.models import LoadedModel
+from analysis.progress import Stopped, report
+from analysis.sampling import rng, subsample
+from analysis.steering.forward import mean_sem, pair_rows, prepare_batch, score_batch
 from analysis.steering.pairs import Pair
-from analysis.steering.vector import SteeringVector, apply
+from analysis.steering.vector import SteeringVector
+from analysis.vectors import cosine, unit
 
-DEFAULT_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
-
-
-@torch.inference_mode()
-def completion_logprobs(
-    lm: LoadedModel, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 8,
-) -> Float[np.ndarray, "n"]:
-    """Σ log p(completion tokens | prompt) per text, under whatever hooks are active (caller holds the lock)."""
-    out = np.zeros(len(prompts), dtype=np.float64)
-    for start in range(0, len(prompts), batch_size):
-        ps, cs = prompts[start:start + batch_size], completions[start:start + batch_size]
-        ids, mask = lm.tokenize([p + c for p, c in zip(ps, cs)])
-        n_prompt = [len(lm.tokenizer(p)["input_ids"]) for p in ps]
-        logits = lm.model(ids, attention_mask=mask)
-        for j in range(ids.shape[0]):
-            end = int(mask[j].sum())
-            if end <= n_prompt[j]:
-                raise ValueError(f"completion {cs[j]!r} adds no tokens to prompt {ps[j]!r}")
-            rows = logits[j, n_prompt[j] - 1:end - 1].float().log_softmax(-1)
-            tgt = ids[j, n_prompt[j]:end]
-            out[start + j] = float(rows.gather(-1, tgt[:, None]).sum())
-    return out
+DEFAULT_ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+DEFAULT_BACKGROUND_CAP = 16
+DEFAULT_NULL = 4
 
 
-@torch.inference_mode()
-def mean_token_loss(lm: LoadedModel, texts: Sequence[str], *, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy over every real token of ``texts`` (BOS excluded as a target)."""
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
-        ids, mask = lm.tokenize(list(texts[start:start + batch_size]))
-        logits = lm.model(ids, attention_mask=mask).float()
-        lp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
-        m = mask[:, 1:].to(lp.dtype)
-        total += float(-(lp * m).sum())
-        count += int(m.sum())
-    return total / max(count, 1)
+@dataclass(frozen=True)
+class CavProbe:
+    """Unit CAVs at one read-out layer, to measure off-target projection shifts."""
+
+    concepts: tuple[str, ...]
+    layer: int
+    directions: np.ndarray  # (n_concepts, d), unit rows
 
 
 @dataclass(frozen=True)
@@ -72,6 +58,16 @@ class AlphaSweep:
     gaps: np.ndarray  # (n_alpha, n_pairs)
     background_loss: np.ndarray  # (n_alpha,)
     layers: tuple[int, ...]
+    background_loss_sem: np.ndarray = None
+    kl: np.ndarray = None  # (n_alpha,) mean KL(unsteered ‖ steered), nats
+    kl_sem: np.ndarray = None
+    null_gain: np.ndarray = None  # (n_alpha, n_null): mean gap change of random directions
+    cav_shift: np.ndarray = None  # (n_alpha, n_concepts), in unsteered-projection SDs
+    cav_concepts: tuple[str, ...] = ()
+    cav_layer: int | None = None
+    n_background: int = 0
+    stopped: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def gap_mean(self) -> np.ndarray:
@@ -82,36 +78,156 @@ class AlphaSweep:
         n = self.gaps.shape[1]
         return self.gaps.std(1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(self.alphas))
 
+    @property
+    def gain(self) -> np.ndarray:
+        """gap(α) − gap(0), mean over pairs."""
+        return self.gap_mean - self.gap_mean[int(np.argmin(np.abs(self.alphas)))]
+
+    @property
+    def null_band(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the random directions' gain per α: their 2.5 and 97.5 percentiles."""
+        if self.null_gain is None or self.null_gain.shape[1] == 0:
+            nan = np.full(len(self.alphas), np.nan)
+            return nan, nan
+        return np.percentile(self.null_gain, 2.5, axis=1), np.percentile(self.null_gain, 97.5, axis=1)
+
     def frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"alpha": self.alphas, "gap_mean": self.gap_mean, "gap_sem": self.gap_sem,
-                             "background_loss": self.background_loss})
+        lo, hi = self.null_band
+        data = {"alpha": self.alphas, "gap_mean": self.gap_mean, "gap_sem": self.gap_sem, "gain": self.gain,
+                "null_low": lo, "null_high": hi, "background_loss": self.background_loss}
+        if self.background_loss_sem is not None:
+            data["background_loss_sem"] = self.background_loss_sem
+        if self.kl is not None:
+            data["kl"], data["kl_sem"] = self.kl, self.kl_sem
+        if self.cav_shift is not None:
+            for j, c in enumerate(self.cav_concepts):
+                data[f"cav_shift:{c}"] = self.cav_shift[:, j]
+        return pd.DataFrame(data)
+
+    def summary(self) -> dict:
+        lo, hi = self.null_band
+        out = {k: [None if not np.isfinite(x) else round(float(x), 6) for x in v] for k, v in {
+            "alpha": self.alphas, "gap_mean": self.gap_mean, "gap_sem": self.gap_sem, "gain": self.gain,
+            "null_low": lo, "null_high": hi, "background_loss": self.background_loss,
+            "background_loss_sem": _or_nan(self.background_loss_sem, self.alphas),
+            "kl": _or_nan(self.kl, self.alphas), "kl_sem": _or_nan(self.kl_sem, self.alphas)}.items()}
+        out["null_gain"] = None if self.null_gain is None else np.round(self.null_gain, 6).tolist()
+        out["n_null"] = 0 if self.null_gain is None else int(self.null_gain.shape[1])
+        out["n_background"] = self.n_background
+        out["layers"] = list(self.layers)
+        out["stopped"] = self.stopped
+        if self.cav_shift is not None:
+            out["cav_layer"] = self.cav_layer
+            out["cav_shift_sd"] = {c: np.round(self.cav_shift[:, j], 4).tolist()
+                                   for j, c in enumerate(self.cav_concepts)}
+        return out
+
+
+def _or_nan(x, like):
+    return np.full(len(like), np.nan) if x is None else x
+
+
+def random_directions(vector: SteeringVector, layers: Sequence[int], n: int, seed: int = 0) -> list[dict[int, np.ndarray]]:
+    """``n`` seeded Gaussian directions per layer, each scaled to ‖v_l‖ (the null's "same size, no meaning")."""
+    out = []
+    for k in range(n):
+        g = rng(seed, "steering-null", k)
+        out.append({int(l): unit(g.standard_normal(vector.vectors.shape[1]))
+                    * float(np.linalg.norm(vector.vectors[l].astype(np.float64))) for l in layers})
+    return out
 
 
 def compute_alpha_sweep(
     lm: LoadedModel, vector: SteeringVector, pairs: Sequence[Pair], alphas: Sequence[float] = DEFAULT_ALPHAS, *,
-    layers: Sequence[int] | None = None, background: Sequence[str] | None = None, progress=None,
+    layers: Sequence[int] | None = None, background: Sequence[str] | None = None,
+    max_background: int | None = DEFAULT_BACKGROUND_CAP, n_null: int = DEFAULT_NULL, cavs: CavProbe | None = None,
+    seed: int = 0, progress=None,
 ) -> AlphaSweep:
-    """gap(α) on ``pairs`` and background loss at each α (α = 0 always included as the baseline)."""
+    """gap(α) on ``pairs``, the random-direction band and the side effects at each α (α = 0 always included).
+
+    ``max_background`` caps the background sample (seeded; None: every text). ``progress(fraction, stage)``.
+    """
     if not pairs:
         raise ValueError("no held-out pairs: the α sweep needs pairs with split 'test'")
     alphas = np.array(sorted(set(float(a) for a in alphas) | {0.0}), dtype=np.float64)
+    layers = tuple(vector.layers if layers is None else layers)
     if background is None:
         from analysis.concepts import background_texts
 
         background = background_texts()
-    prompts = [p.prompt for p in pairs]
-    gaps, losses = [], []
-    for i, a in enumerate(alphas):
-        with apply(lm, vector, a, layers):
-            pos = completion_logprobs(lm, prompts, [p.positive for p in pairs])
-            neg = completion_logprobs(lm, prompts, [p.negative for p in pairs])
-            losses.append(mean_token_loss(lm, list(background)) if len(background) else float("nan"))
-        gaps.append(pos - neg)
-        if progress:
-            progress((i + 1) / len(alphas))
-    return AlphaSweep(alphas, np.stack(gaps), np.array(losses), tuple(vector.layers if layers is None else layers))
+    bg = subsample(list(background), max_background, seed, "steering-background")
+    batch = prepare_batch(lm, pairs, bg)
+    readout = cavs.layer if cavs is not None and bg else None
+    nulls = random_directions(vector, layers, n_null, seed) if n_null else []
+    steps = len(alphas) * (1 + len(nulls))
+    gaps, loss, loss_sem, kl, kl_sem, null_gain, shift = [], [], [], [], [], [], []
+    done = 0
+    stopped = False
+    try:
+        report(progress, 0.0, "α sweep: unsteered baseline")
+        base = score_batch(lm, batch, keep_logp=True, readout_layer=readout)
+        base_null = base.gap
+        proj0 = base.readout @ cavs.directions.T if readout is not None else None
+        sd0 = proj0.std(0, ddof=1) if proj0 is not None and len(bg) > 1 else None
+        for a in alphas:
+            report(progress, done / steps, f"α sweep: α = {a:g}")
+            if a == 0:
+                s = base
+            else:
+                s = score_batch(lm, batch, {l: a * vector.vectors[l] for l in layers},
+                                base_logp=base.bg_logp, readout_layer=readout)
+            done += 1
+            gaps.append(s.gap)
+            m, e = mean_sem(s.bg_nll)
+            loss.append(m)
+            loss_sem.append(e)
+            k, ke = (0.0, 0.0) if a == 0 else mean_sem(s.bg_kl if s.bg_kl is not None else np.zeros(0))
+            kl.append(k)
+            kl_sem.append(ke)
+            if proj0 is not None:
+                d = (s.readout @ cavs.directions.T - proj0).mean(0)
+                shift.append(d / np.where(sd0 > 0, sd0, 1.0) if sd0 is not None else d)
+            row = []
+            for k_dir, direction in enumerate(nulls):
+                if a == 0:
+                    row.append(0.0)
+                    continue
+                report(progress, done / steps, f"α sweep: α = {a:g}, random direction {k_dir + 1}/{len(nulls)}")
+                r = score_batch(lm, batch, {l: a * d for l, d in direction.items()}, rows=pair_rows(batch))
+                row.append(float(np.mean(r.gap - base_null)))
+                done += 1
+            null_gain.append(row)
+        report(progress, 1.0, "α sweep: done")
+    except Stopped:
+        stopped = True
+        if not gaps:
+            raise
+        alphas = alphas[:len(gaps)]
+        null_gain = [r + [np.nan] * (len(nulls) - len(r)) for r in null_gain[:len(gaps)]]
+    return AlphaSweep(
+        alphas=alphas, gaps=np.stack(gaps), background_loss=np.array(loss), layers=layers,
+        background_loss_sem=np.array(loss_sem), kl=np.array(kl), kl_sem=np.array(kl_sem),
+        null_gain=np.array(null_gain, dtype=np.float64).reshape(len(gaps), len(nulls)),
+        cav_shift=np.stack(shift) if shift else None, cav_concepts=cavs.concepts if shift else (),
+        cav_layer=readout if shift else None, n_background=len(bg), stopped=stopped,
+    )
+
+
+def fit_cav_probe(lm: LoadedModel, *, layer: int | None = None, concepts: Sequence[str] | None = None,
+                  max_texts: int = 32, progress=None) -> CavProbe:
+    """Mean-difference CAVs of the shipped concepts at ``layer`` (default: the last), via ``analysis.concepts``."""
+    from analysis.concepts import CavConfig, background_texts, fit_cavs, load_concepts
+
+    layer = lm.n_layers - 1 if layer is None else int(layer)
+    sets = load_concepts()
+    names = tuple(concepts) if concepts else tuple(
+        n for n, s in sets.items() if s.source == "shipped" and s.kind == "concept")
+    result = fit_cavs(lm, sets, background_texts(), CavConfig(
+        concepts=names, layers=(layer,), method="mean_diff", n_folds=2, n_random=1, max_texts=max_texts),
+        progress=progress)
+    return CavProbe(concepts=names, layer=layer, directions=unit(result.vectors[:, 0]))
 
 
 # ---------------------------------------------------------------- links
@@ -124,14 +240,6 @@ class CavLinks:
     cosine: np.ndarray  # (n_concepts, n_layers)
 
 
-def cosine_rows(v: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """cos(v, rows[i]) for each row; zero rows give 0."""
-    v = v.astype(np.float64)
-    rows = rows.astype(np.float64)
-    denom = np.linalg.norm(rows, axis=-1) * np.linalg.norm(v)
-    return np.where(denom > 0, rows @ v / np.where(denom > 0, denom, 1.0), 0.0)
-
-
 def compute_cav_links(lm: LoadedModel, vector: SteeringVector, *, concepts: Sequence[str] | None = None,
                       method: str = "mean_diff", progress=None) -> CavLinks:
     """Cosine of v_l with each shipped concept's CAV at every layer (CAVs from ``analysis.concepts.cavs``)."""
@@ -142,8 +250,8 @@ def compute_cav_links(lm: LoadedModel, vector: SteeringVector, *, concepts: Sequ
     names = tuple(concepts) if concepts else tuple(
         n for n, s in sets.items() if s.source == "shipped" and s.kind == "concept")
     result = fit_cavs(lm, sets, background_texts(), CavConfig(concepts=names, method=method, n_folds=2, n_random=1),
-                      progress=(lambda f, msg: progress(f)) if progress else None)
-    cos = np.stack([[cosine_rows(vector.vectors[l], result.vectors[c, i][None])[0]
+                      progress=progress)
+    cos = np.stack([[float(cosine(vector.vectors[l], result.vectors[c, i]))
                      for i, l in enumerate(result.layers)] for c in range(len(names))])
     return CavLinks(concepts=names, layers=tuple(result.layers), cosine=cos)
 
@@ -170,7 +278,7 @@ def compute_sae_links(lm: LoadedModel, vector: SteeringVector, *, sae_name: str 
     if sae.layer is None or sae.d_in != lm.d_model:
         raise ValueError(f"SAE {sae_name!r} reads {sae.hook_name!r} with d_in={sae.d_in}; it does not fit {lm.name!r}")
     w_dec = sae.sae.W_dec.detach().float().cpu().numpy()
-    cos = cosine_rows(vector.vectors[sae.layer], w_dec)
+    cos = cosine(vector.vectors[sae.layer][None], w_dec)
     top = np.argsort(-np.abs(cos))[:top_k]
     return SaeLinks(sae=sae_name, layer=int(sae.layer), latents=top, cosine=cos[top])
 

@@ -12,7 +12,9 @@ from plotly.subplots import make_subplots
 
 from analysis.figures.theme import QUALITATIVE, apply_theme
 
-_SCORE_LABELS = {"paper": "paper score (authors' variant)", "exact": "JS divergence (exact)"}
+_SCORE_LABELS = {"paper": "authors' heuristic (concentration of M, not a divergence)",
+                 "exact": "JS divergence (exact)", "centred": "JS of z-scored activations",
+                 "behavioural": "held-out gain within loss budget (nats)"}
 
 
 def layer_search_figure(search, *, chosen: int | None = None, title: str | None = None) -> go.Figure:
@@ -35,26 +37,93 @@ def layer_search_figure(search, *, chosen: int | None = None, title: str | None 
     return apply_theme(fig)
 
 
+def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
+    """Layer × strength heatmaps of the held-out gap gain and the background-loss cost; chosen cell starred."""
+    layers = [str(int(l)) for l in search.layers]
+    strengths = [f"{s:g}" for s in search.strengths]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+                        subplot_titles=("gap gain (nats), validation pairs", "background-loss increase (nats/token)"))
+    for col, (z, sem, scale, name) in enumerate(((search.gain, search.gain_sem, "RdBu", "gain"),
+                                                 (search.cost, search.cost_sem, "Oranges", "cost")), start=1):
+        text = [[f"{v:.2f}" if np.isfinite(v) else "" for v in row] for row in z]
+        custom = np.dstack([np.nan_to_num(sem), search.alphas])
+        fig.add_trace(go.Heatmap(
+            z=z.T, x=layers, y=strengths, colorscale=scale, zmid=0 if col == 1 else None, text=np.array(text).T,
+            texttemplate="%{text}", customdata=custom.transpose(1, 0, 2), showscale=False, name=name,
+            hovertemplate="layer %{x}, strength %{y}<br>" + name + " %{z:.3f} ± %{customdata[0]:.3f}"
+                          "<br>α = %{customdata[1]:.3g}<extra></extra>",
+        ), row=1, col=col)
+        fig.add_trace(go.Scatter(
+            x=[str(search.best)], y=[f"{search.best_strength:g}"], mode="markers", showlegend=col == 1,
+            marker=dict(symbol="star", size=18, color="#ffd400", line=dict(color="#000000", width=1)),
+            name=f"chosen: layer {search.best}, strength {search.best_strength:g}",
+        ), row=1, col=col)
+    fig.update_xaxes(title_text="layer", type="category")
+    fig.update_yaxes(title_text="strength (× mean residual norm)", type="category", row=1, col=1)
+    fig.update_layout(title=title or (f"Behavioural layer search: chosen layer {search.best} "
+                                      f"({search.rule} rule, budget {search.config.loss_budget:g} nats/token)"),
+                      height=420)
+    return apply_theme(fig)
+
+
+def search_figure(search, *, chosen: int | None = None, title: str | None = None) -> go.Figure:
+    """The figure of whichever search was run: heatmaps (behavioural) or the score curve."""
+    if getattr(search, "score", None) == "behavioural":
+        return behavioural_search_figure(search, title=title)
+    return layer_search_figure(search, chosen=chosen, title=title)
+
+
 def alpha_sweep_figure(sweep, *, title: str | None = None) -> go.Figure:
-    """Held-out log-prob gap (± s.e.m.) and background loss against α, in two stacked panels."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("log p(positive) − log p(negative), held-out pairs",
-                                        "loss on neutral background text"))
+    """Gap change vs α with the random-direction band, background loss and KL (± s.e.), stacked."""
+    has_kl = sweep.kl is not None
+    rows = 3 if has_kl else 2
+    titles = ["gap change vs α = 0 (held-out pairs); grey: random directions of the same norm",
+              f"loss on neutral background text (n = {sweep.n_background})"]
+    if has_kl:
+        titles.append("KL(unsteered ‖ steered), next-token distribution on background text")
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
+    lo, hi = sweep.null_band
+    if np.isfinite(lo).any():
+        fig.add_trace(go.Scatter(x=np.concatenate([sweep.alphas, sweep.alphas[::-1]]),
+                                 y=np.concatenate([hi, lo[::-1]]), fill="toself", mode="lines",
+                                 line=dict(width=0), fillcolor="rgba(128,128,128,0.3)",
+                                 name=f"random directions ({sweep.null_gain.shape[1]}), 95 % range",
+                                 hoverinfo="skip"), row=1, col=1)
     fig.add_trace(go.Scatter(
-        x=sweep.alphas, y=sweep.gap_mean, mode="lines+markers", name="gap (mean ± s.e.m.)",
+        x=sweep.alphas, y=sweep.gain, mode="lines+markers", name="gap change (mean ± s.e.m.)",
         error_y=dict(type="data", array=sweep.gap_sem, visible=True), line=dict(color=QUALITATIVE[0]),
     ), row=1, col=1)
+    err = None if sweep.background_loss_sem is None else dict(type="data", array=sweep.background_loss_sem)
     fig.add_trace(go.Scatter(
         x=sweep.alphas, y=sweep.background_loss, mode="lines+markers", name="background loss (nats/token)",
-        line=dict(color=QUALITATIVE[1]),
+        error_y=err, line=dict(color=QUALITATIVE[1]),
     ), row=2, col=1)
-    for row in (1, 2):
+    if has_kl:
+        fig.add_trace(go.Scatter(
+            x=sweep.alphas, y=sweep.kl, mode="lines+markers", name="KL to unsteered (nats)",
+            error_y=dict(type="data", array=sweep.kl_sem), line=dict(color=QUALITATIVE[2]),
+        ), row=3, col=1)
+    for row in range(1, rows + 1):
         fig.add_vline(x=0, line=dict(color="#888888", dash="dot", width=1), row=row, col=1)
     layers = ", ".join(str(l) for l in sweep.layers)
-    fig.update_layout(title=title or f"Steering strength sweep (layer {layers})", height=560)
-    fig.update_xaxes(title_text="α", row=2, col=1)
-    fig.update_yaxes(title_text="gap (nats)", row=1, col=1)
+    fig.update_layout(title=title or f"Steering strength sweep (layer {layers})", height=260 * rows + 60)
+    fig.update_xaxes(title_text="α (multiplier of v)", row=rows, col=1)
+    fig.update_yaxes(title_text="nats", row=1, col=1)
     fig.update_yaxes(title_text="nats/token", row=2, col=1)
+    return apply_theme(fig)
+
+
+def cav_shift_figure(sweep, *, title: str | None = None) -> go.Figure:
+    """Shift of the background's projection on each shipped CAV, per α (in unsteered-projection SDs)."""
+    if sweep.cav_shift is None:
+        raise ValueError("this sweep measured no CAV shifts; run it with a CavProbe")
+    fig = go.Figure(go.Heatmap(
+        z=sweep.cav_shift.T, x=[f"{a:g}" for a in sweep.alphas], y=list(sweep.cav_concepts), colorscale="RdBu",
+        zmid=0, hovertemplate="%{y}, α = %{x}: %{z:.2f} SD<extra></extra>",
+        colorbar=dict(title="shift (SD)"),
+    ))
+    fig.update_layout(title=title or f"Off-target concepts: CAV projection shift at layer {sweep.cav_layer}",
+                      xaxis_title="α", yaxis_title="concept", height=max(320, 24 * len(sweep.cav_concepts) + 160))
     return apply_theme(fig)
 
 

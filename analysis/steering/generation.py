@@ -18,7 +18,15 @@ Footguns:
 - Sampling draws from ``torch``'s global generator seeded with ``seed``
   inside ``fork_rng`` (the caller's RNG state is restored); the same seed
   gives the same text on the same path, not across paths.
-- Only temperature sampling (no top-k/top-p): the distribution is the model's.
+- ``repetition_penalty`` follows transformers (CTRL, Keskar et al. 2019): a
+  logit of a token already in prompt or output is divided by the penalty when
+  positive, multiplied when negative. ``top_k``/``top_p`` filter before
+  sampling (0 / 1.0: off); ``do_sample`` with ``top_k=1`` is greedy, which is
+  how the authors' code decodes.
+- :data:`PRESETS` ``"paper"`` is the Backdoor Activation Attack setting:
+  α = −0.8 added twice (the code adds it in place and again in the hook's
+  output), so the effective multiplier of v = clean − adversarial is −1.6;
+  greedy, repetition penalty 1.5, up to 200 new tokens, float32.
 """
 
 from __future__ import annotations
@@ -47,14 +55,39 @@ class GenerationConfig:
     temperature: float = 1.0
     stop_at_eos: bool = True
     path: str = "auto"
+    repetition_penalty: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty {self.repetition_penalty}: must be > 0 (1.0: off)")
+        if self.top_k < 0:
+            raise ValueError(f"top_k {self.top_k}: must be >= 0 (0: off)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p {self.top_p}: must be in (0, 1] (1.0: off)")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens {self.max_new_tokens}: must be between 1 and {MAX_NEW_TOKENS}")
         if self.temperature <= 0:
             raise ValueError(f"temperature {self.temperature}: must be > 0 (use do_sample=False for greedy)")
         if self.path not in PATHS:
             raise ValueError(f"generation path {self.path!r}: valid paths are {PATHS}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named generation setting: the effective α multiplier of v and the decoding config."""
+
+    alpha: float
+    config: GenerationConfig
+    description: str
+
+
+PRESETS = {
+    "paper": Preset(alpha=-1.6, config=GenerationConfig(max_new_tokens=200, repetition_penalty=1.5),
+                    description="Backdoor Activation Attack: v = clean − adversarial, α = −0.8 applied twice "
+                                "(effective −1.6), greedy, repetition penalty 1.5, 200 new tokens"),
+}
 
 
 @dataclass(frozen=True)
@@ -147,7 +180,9 @@ def _run_hf(lm, ids, config, progress) -> list[int]:
                   stopping_criteria=StoppingCriteriaList([_Report()]),
                   pad_token_id=lm.tokenizer.pad_token_id)
     if config.do_sample:
-        kwargs.update(temperature=config.temperature, top_k=0, top_p=1.0)
+        kwargs.update(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    if config.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = config.repetition_penalty
     if not config.stop_at_eos:
         kwargs["min_new_tokens"] = config.max_new_tokens
     out = hf_twin(lm).generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
@@ -155,6 +190,8 @@ def _run_hf(lm, ids, config, progress) -> list[int]:
 
 
 def _run_bridge(lm, ids, config, progress) -> list[int]:
+    if config.repetition_penalty != 1.0 or config.top_k or config.top_p < 1.0:
+        raise ValueError("the 'bridge' path has no repetition penalty, top-k or top-p; use path 'hf'")
     kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample, use_past_kv_cache=True,
                   stop_at_eos=config.stop_at_eos, verbose=False, return_type="tokens")
     if config.do_sample:
@@ -172,8 +209,10 @@ def _run_tl(lm, ids, config, progress) -> list[int]:
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, ids.shape[0])
     logits = model(ids, past_kv_cache=cache)
     new: list[int] = []
+    seen = ids[0].tolist()
     for step in range(config.max_new_tokens):
-        nxt = _pick(logits[0, -1], config)
+        nxt = _pick(_penalise(logits[0, -1], seen, config.repetition_penalty), config)
+        seen.append(nxt)
         new.append(nxt)
         if progress:
             progress(step + 1, config.max_new_tokens)
@@ -184,10 +223,30 @@ def _run_tl(lm, ids, config, progress) -> list[int]:
     return new
 
 
+def _penalise(logits: torch.Tensor, seen: Sequence[int], penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty: divide positive logits of seen tokens by it, multiply negative ones."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.float().clone()
+    idx = torch.as_tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)
+    picked = logits[idx]
+    logits[idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
 def _pick(logits: torch.Tensor, config: GenerationConfig) -> int:
     if not config.do_sample:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / config.temperature, -1)
+    logits = logits.float() / config.temperature
+    if config.top_k:
+        kth = torch.topk(logits, min(config.top_k, logits.shape[-1])).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        order = torch.argsort(logits, descending=True)
+        probs = torch.softmax(logits[order], -1)
+        drop = probs.cumsum(-1) - probs >= config.top_p  # keep the smallest set whose mass reaches top_p
+        logits[order[drop]] = float("-inf")
+    probs = torch.softmax(logits, -1)
     return int(torch.multinomial(probs, 1))
 
 

@@ -2,8 +2,9 @@
 
 Pipeline: :func:`compute_pair_activations` reads ``resid_post[l]`` of every
 layer in one pass over the pairs' texts, at a position chosen by name
-(:data:`POSITIONS`); :func:`layer_search` scores each candidate layer by a
-name from :data:`SCORES`; :class:`SteeringVector` holds v_l = mean(positive −
+(:data:`POSITIONS`); the layer is chosen by the behavioural search
+(:mod:`analysis.steering.search`, the default) or :func:`layer_search` scores each
+candidate layer by a name from :data:`SCORES`; :class:`SteeringVector` holds v_l = mean(positive −
 negative) for every layer plus the chosen layer; :func:`apply` adds α·v_l to
 ``resid_post[l]`` at every position inside a ``with`` block.
 
@@ -12,12 +13,16 @@ Footguns:
   final punctuation, as in the paper; short completions make it a
   completion token, empty ones (prompt-pair uploads) a prompt token.
 - The "paper" score is not a divergence: the authors pass probabilities
-  where ``kl_div`` expects log-probabilities. It is offered because it is
-  what the paper's layer choice used; "exact" is the true JS divergence.
+  where ``kl_div`` expects log-probabilities, so it measures how concentrated
+  M is. It is offered because it is what the paper's layer choice used;
+  "exact" is the true JS divergence, "centred" the JS of z-scored activations.
 - On Gemma-3 a few residual dimensions are huge, so softmax over the hidden
   dimension is one-hot on the same dimension for both texts from layer 1 on:
-  both scores are flat there (JS = 0, paper = −1) and the search picks layer
-  0. :attr:`LayerSearch.degenerate` flags this; choose the layer by hand then.
+  "paper" and "exact" are flat there and would pick layer 0.
+  :attr:`LayerSearch.degenerate` flags this. The default search is therefore
+  behavioural on every model: distributional scores rank how differently the
+  two texts' residuals are distributed at one token, which says nothing about
+  whether adding their difference moves behaviour.
 - ``apply`` holds ``lm.lock`` for the whole block: keep the block short.
 """
 
@@ -35,7 +40,9 @@ from jaxtyping import Float
 
 from analysis.activations import extract, resid_hook, resid_hooks
 from analysis.models import LoadedModel
+from analysis.progress import report, scaled
 from analysis.steering.pairs import Pair, PairSet
+from analysis.steering.search import SearchConfig, behavioural_search, split_validation
 from analysis.steering.twin import existing_twin
 
 # ---------------------------------------------------------------- positions
@@ -72,44 +79,86 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def _js_terms(pos: np.ndarray, neg: np.ndarray, paper: bool) -> np.ndarray:
+def _js_terms(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     lp, ln = _log_softmax(pos), _log_softmax(neg)
     p, n = np.exp(lp), np.exp(ln)
     log_m = np.logaddexp(lp, ln) - np.log(2.0)
-    target = np.exp(log_m) if paper else log_m  # the paper's code passes M, not log M
-    kl_pm = (p * (lp - target)).sum(-1)
-    kl_nm = (n * (ln - target)).sum(-1)
-    return (kl_pm + kl_nm) / 2
+    return ((p * (lp - log_m)).sum(-1) + (n * (ln - log_m)).sum(-1)) / 2
 
 
 def js_exact(pos: Float[np.ndarray, "n d"], neg: Float[np.ndarray, "n d"]) -> float:
     """Mean over pairs of JS(p, n) = (KL(p‖M) + KL(n‖M))/2, p/n = softmax over the hidden dim."""
-    return float(_js_terms(pos, neg, paper=False).mean())
+    return float(_js_terms(pos, neg).mean())
 
 
 def js_paper(pos: Float[np.ndarray, "n d"], neg: Float[np.ndarray, "n d"]) -> float:
-    """The authors' variant: ``kl_div(M, p)`` with M a probability, i.e. Σ p·(log p − M)."""
-    return float(_js_terms(pos, neg, paper=True).mean())
+    """The authors' ``attack.py`` score, verbatim: ``0.5·(kl_div(p, M) + kl_div(n, M))``, means over d then pairs.
+
+    ``F.kl_div(input, target, reduction="none")`` is ``target·(log target − input)``; the authors pass
+    probabilities p (not log p) as ``input``, so each term is mean_d M·(log M − p): it measures how
+    concentrated M is, not a divergence (every term is ≤ 0; it is −1/d when p = n is one-hot). Terms with
+    M = 0 are 0, as in torch (``xlogy``); log M is computed in log space, so nothing is NaN.
+    """
+    lp, ln = _log_softmax(pos), _log_softmax(neg)
+    p, n = np.exp(lp), np.exp(ln)
+    log_m = np.logaddexp(lp, ln) - np.log(2.0)
+    m = np.exp(log_m)
+    kl1 = (m * (log_m - p)).mean(-1)
+    kl2 = (m * (log_m - n)).mean(-1)
+    return float((0.5 * (kl1 + kl2)).mean(-1))
 
 
-SCORES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"paper": js_paper, "exact": js_exact}
+def standardise(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x − μ_d)/σ_d with μ, σ over the pooled positive and negative rows; constant dims become 0.
+
+    Removes dimensions that are large but the same for every input (Gemma's massive
+    activations), which otherwise make the softmax one-hot on them.
+    """
+    both = np.concatenate([pos, neg]).astype(np.float64)
+    mu, sd = both.mean(0), both.std(0)
+    scale = np.where(sd > 0, sd, 1.0)
+    return (pos - mu) / scale * (sd > 0), (neg - mu) / scale * (sd > 0)
+
+
+def js_centred(pos: Float[np.ndarray, "n d"], neg: Float[np.ndarray, "n d"]) -> float:
+    """Exact JS after :func:`standardise` (per-dimension z-scores over this layer's pair activations)."""
+    return js_exact(*standardise(pos, neg))
+
+
+SCORES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "paper": js_paper, "exact": js_exact, "centred": js_centred}
+SCORE_TEXT = {
+    "paper": "the authors' heuristic (attack.py): measures how concentrated M is, not a divergence",
+    "exact": "Jensen-Shannon divergence of softmax over the hidden dimension",
+    "centred": "Jensen-Shannon divergence after z-scoring each hidden dimension (massive dims removed)",
+    "behavioural": "held-out steering gain within a background-loss budget (CAA-style sweep)",
+}
+SEARCHES = ("behavioural", "auto", *SCORES)
 
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    """How to build a vector: position, layer-search score, candidate layers (None: first half)."""
+    """How to build a vector: position, layer search, candidate layers (None: first half).
+
+    ``score``: "behavioural" (default; steer and measure, :mod:`analysis.steering.search`),
+    a distributional score from :data:`SCORES`, or "auto" (behavioural only when the
+    "paper" score is degenerate). ``search`` configures the behavioural search.
+    """
 
     position: str = "minus2"
-    score: str = "paper"
+    score: str = "behavioural"
     search_layers: tuple[int, ...] | None = None
+    search: SearchConfig = SearchConfig()
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
             raise ValueError(f"position {self.position!r}: valid positions are {tuple(POSITIONS)}")
-        if self.score not in SCORES:
-            raise ValueError(f"score {self.score!r}: valid scores are {tuple(SCORES)}")
+        if self.score not in SEARCHES:
+            raise ValueError(f"score {self.score!r}: valid scores are {SEARCHES}")
         if self.search_layers is not None and (not self.search_layers or min(self.search_layers) < 0):
             raise ValueError("search_layers must be non-empty layer indices >= 0, or None for the first half")
+        if not isinstance(self.search, SearchConfig):
+            raise ValueError("search must be a SearchConfig")
 
     def candidates(self, n_layers: int) -> tuple[int, ...]:
         if self.search_layers is None:
@@ -149,7 +198,8 @@ def compute_pair_activations(
     texts = [p.positive_text for p in pairs] + [p.negative_text for p in pairs]
     n_prompt = [len(lm.tokenizer(p.prompt)["input_ids"]) for p in pairs] * 2
     hooks = resid_hooks(lm)
-    acts = extract(lm, texts, hooks, pooling="all", progress=progress)
+    acts = extract(lm, texts, hooks, pooling="all",
+                   progress=(lambda f: progress(f, "reading activations of every layer")) if progress else None)
     out = np.stack([
         np.stack([pick(acts.text(h, i), n_prompt[i]) for h in hooks]) for i in range(len(texts))
     ]).astype(np.float32)
@@ -172,8 +222,13 @@ class LayerSearch:
         """True when most candidate layers tie (the softmax saturated): the search says little."""
         if len(self.scores) < 3:
             return False
-        _, counts = np.unique(np.round(self.scores, 9), return_counts=True)
+        scale = float(np.max(np.abs(self.scores))) or 1.0
+        _, counts = np.unique(np.round(self.scores / scale, 6), return_counts=True)
         return bool(counts.max() > len(self.scores) / 2)
+
+    def summary(self) -> dict:
+        return {"rule": self.score, "rule_text": SCORE_TEXT[self.score], "layers": self.layers.tolist(),
+                "scores": [float(x) for x in self.scores], "chosen_layer": self.best, "degenerate": self.degenerate}
 
 
 def layer_search(acts: PairActivations, score: str = "paper", layers: Sequence[int] | None = None) -> LayerSearch:
@@ -215,7 +270,9 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """One ``.safetensors`` file; model, layers and meta are JSON in its header."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
+
+        from analysis.atomic import write_atomic
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -223,8 +280,9 @@ class SteeringVector:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"repscope_steering": "1", "model": self.model,
                   "layers": json.dumps(list(self.layers)), "meta": json.dumps(self.meta, default=float)}
-        save_file({"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32)}, str(path), metadata=header)
-        return path
+        # Durable and atomic (unique temp, fsync, rename; a symlink target is refused).
+        return write_atomic(path, save({"vectors": np.ascontiguousarray(self.vectors, dtype=np.float32)},
+                                       metadata=header))
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":
@@ -242,19 +300,50 @@ class SteeringVector:
                    meta=json.loads(header.get("meta", "{}")))
 
 
+def mean_residual_norm(acts: PairActivations) -> Float[np.ndarray, " n_layers"]:
+    """Mean ‖resid_post[l]‖ over every positive and negative activation (at the vector's position)."""
+    both = np.concatenate([acts.positive, acts.negative]).astype(np.float64)
+    return np.linalg.norm(both, axis=-1).mean(0)
+
+
 def build_steering_vector(
     lm: LoadedModel, pair_set: PairSet, config: SteeringConfig = SteeringConfig(), *,
-    layer: int | None = None, progress=None,
-) -> tuple[SteeringVector, LayerSearch, PairActivations]:
-    """Vectors for every layer from the training pairs, the layer search, and the chosen layer."""
+    layer: int | None = None, background: Sequence[str] | None = None, progress=None,
+):
+    """Vectors for every layer from the training pairs, the layer search, and the chosen layer.
+
+    Returns ``(vector, search, acts)``; ``search`` is a :class:`LayerSearch` or a
+    :class:`~analysis.steering.search.BehaviouralSearch`. ``vector.meta`` holds every
+    distributional score, ``degenerate`` (of the paper score) and the search's summary.
+    ``progress(fraction, stage)``; the behavioural search may be stopped (:class:`Stopped`).
+    """
     train = pair_set.train or pair_set.pairs
-    acts = compute_pair_activations(lm, train, config.position, progress=progress)
-    search = layer_search(acts, config.score, config.candidates(lm.n_layers))
+    acts = compute_pair_activations(lm, train, config.position, progress=scaled(progress, 0.0, 0.15))
+    cand = config.candidates(lm.n_layers)
+    dist = {s: layer_search(acts, s, cand) for s in SCORES}
+    degenerate = dist["paper"].degenerate
+    rule = config.score
+    if rule == "auto":
+        rule = "behavioural" if degenerate else "paper"
+    if rule == "behavioural":
+        if background is None:
+            from analysis.concepts import background_texts
+
+            background = background_texts()
+        fit, val, in_sample = split_validation(len(train), config.search)
+        fit_vectors = (acts.positive[fit] - acts.negative[fit]).mean(0)
+        search = behavioural_search(
+            lm, fit_vectors, mean_residual_norm(acts), [train[i] for i in val], list(background), cand,
+            config.search, n_fit=len(fit), in_sample=in_sample, progress=scaled(progress, 0.15, 1.0))
+    else:
+        search = dist[rule]
     chosen = search.best if layer is None else int(layer)
-    meta = {"pair_set": pair_set.name, "position": config.position, "score": config.score,
-            "n_pairs": len(train), "search_layers": search.layers.tolist(),
-            "search_scores": search.scores.tolist(), "best_layer": search.best}
+    meta = {"pair_set": pair_set.name, "position": config.position, "score": config.score, "rule": rule,
+            "n_pairs": len(train), "search_layers": list(cand), "best_layer": search.best,
+            "degenerate": degenerate, "distributional": {s: r.scores.tolist() for s, r in dist.items()},
+            "search": search.summary()}
     vec = SteeringVector(model=lm.name, vectors=acts.vectors, layers=(chosen,), meta=meta)
+    report(progress, 1.0, "vector built")
     return vec, search, acts
 
 
@@ -284,7 +373,8 @@ def apply(
               for l in layers}
 
     def tl_hook(delta):
-        return lambda resid, hook: resid + delta
+        # .to is a no-op on one device; with a device map the layer may sit elsewhere.
+        return lambda resid, hook: resid + delta.to(resid.device)
 
     fwd = [] if alpha == 0 else [(resid_hook(l), tl_hook(deltas[l])) for l in layers]
     with lm.lock, lm.hooked(fwd):
@@ -305,6 +395,6 @@ def _torch_add(delta: torch.Tensor):
     """Forward hook for a plain HF decoder layer: its output is resid_post (a tensor or a tuple)."""
     def hook(module, args, output):
         if isinstance(output, tuple):
-            return (output[0] + delta,) + tuple(output[1:])
-        return output + delta
+            return (output[0] + delta.to(output[0].device),) + tuple(output[1:])
+        return output + delta.to(output.device)
     return hook

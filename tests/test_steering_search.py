@@ -1,0 +1,232 @@
+"""Behavioural layer search, the steered scoring pass, the null band and decoding options (tiny models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.activations import resid_hook
+from analysis.steering import (
+    GenerationConfig, Pair, PairSet, SearchConfig, SteeringConfig, SteeringVector, behavioural_search,
+    build_steering_vector, compute_alpha_sweep, generate, layer_scores, prepare_batch, score_batch,
+    split_validation,
+)
+from tests.conftest import make_tiny_lm
+
+VAL = tuple(Pair(p, " good", " bad", "train") for p in (
+    "the food was", "the movie was", "the day was", "the service was", "the cat is", "the film was"))
+BACKGROUND = ["the dog went to paris .", "a man and a woman came in", "the night was cold and blue"]
+
+
+@pytest.fixture(scope="module")
+def lm64():
+    lm = make_tiny_lm(seed=5, n_layers=4, name="tiny64")
+    lm.model.to(torch.float64)
+    return lm
+
+
+def _plain_gap(lm, pair, deltas=None):
+    hooks = [(resid_hook(l), (lambda d: lambda r, hook: r + d)(torch.as_tensor(v))) for l, v in (deltas or {}).items()]
+    out = {}
+    for which in ("positive", "negative"):
+        px = lm.tokenizer(pair.prompt)["input_ids"]
+        py = lm.tokenizer(getattr(pair, which), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([px + py])
+        with lm.hooked(hooks) as model, torch.no_grad():
+            logp = model(ids)[0].log_softmax(-1)
+        out[which] = float(sum(logp[len(px) + k - 1, t] for k, t in enumerate(py)))
+    return out["positive"] - out["negative"]
+
+
+def test_selected_position_pass_equals_full_forward_in_float64(lm64):
+    batch = prepare_batch(lm64, VAL[:3], BACKGROUND)
+    delta = {2: np.random.default_rng(0).normal(size=lm64.d_model) * 3}
+    s = score_batch(lm64, batch, delta)
+    for i, pair in enumerate(VAL[:3]):
+        assert s.gap[i] == pytest.approx(_plain_gap(lm64, pair, delta), rel=1e-9, abs=1e-9)
+    ids, _ = lm64.tokenize([BACKGROUND[0]])
+    with lm64.hooked([(resid_hook(2), lambda r, hook: r + torch.as_tensor(delta[2]))]) as model, torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(ids)[0, :-1], ids[0, 1:])
+    assert s.bg_nll[0] == pytest.approx(float(nll), rel=1e-9)
+    lm64.assert_clean()
+
+
+def _gradient_direction(lm, pairs, layer):
+    """d(mean gap)/d(resid_post[layer]) summed over positions: the steepest steering direction there."""
+    grads = []
+    for pair in pairs:
+        for sign, which in ((1.0, "positive"), (-1.0, "negative")):
+            px = lm.tokenizer(pair.prompt)["input_ids"]
+            py = lm.tokenizer(getattr(pair, which), add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([px + py])
+            delta = torch.zeros(lm.d_model, dtype=lm.dtype, requires_grad=True)
+            with lm.hooked([(resid_hook(layer), lambda r, hook: r + delta)]) as model:
+                logp = model(ids)[0].log_softmax(-1)
+                lp = sum(logp[len(px) + k - 1, t] for k, t in enumerate(py))
+                (g,) = torch.autograd.grad(sign * lp, delta)
+            grads.append(g.detach().numpy())
+    return np.mean(grads, 0)
+
+
+@pytest.mark.parametrize("planted", [1, 2])
+def test_search_finds_the_layer_with_a_planted_steerable_direction(lm64, planted):
+    """At ``planted`` the vector is the gap's gradient direction; elsewhere random directions of any norm."""
+    rng = np.random.default_rng(planted)
+    vectors = rng.normal(size=(lm64.n_layers, lm64.d_model)) * rng.uniform(0.1, 10, size=(lm64.n_layers, 1))
+    vectors[planted] = _gradient_direction(lm64, VAL, planted)
+    norms = np.full(lm64.n_layers, 1.0)  # equal residual scale: only the direction can decide
+    cfg = SearchConfig(strengths=(0.5, 1.0, 2.0), loss_budget=10.0, max_background=3)
+    res = behavioural_search(lm64, vectors, norms, VAL, BACKGROUND, range(lm64.n_layers), cfg)
+    print(np.round(res.gain, 3), res.scores)
+    assert res.best == planted
+    assert res.gain[planted].min() > 0
+    # the alpha actually used is strength x norm / |v|: the vector's own norm does not matter
+    np.testing.assert_allclose(res.alphas * np.linalg.norm(vectors, axis=1)[:, None],
+                               np.tile(cfg.strengths, (lm64.n_layers, 1)), rtol=1e-12)
+
+
+def test_budget_rule_excludes_cells_over_budget_and_ratio_rule():
+    gain = np.array([[1.0, 5.0], [2.0, 3.0]])
+    cost = np.array([[0.1, 0.9], [0.2, 0.3]])
+    cfg = SearchConfig(loss_budget=0.5)
+    # layer 0: 5.0 costs 0.9 > budget, so its score is 1.0; layer 1: 3.0 within budget
+    np.testing.assert_allclose(layer_scores(gain, cost, cfg), [1.0, 3.0])
+    np.testing.assert_allclose(layer_scores(gain, np.full((2, 2), 9.0), cfg), [0.0, 0.0])  # nothing fits
+    ratio = SearchConfig(rule="ratio", ratio_floor=0.05)
+    np.testing.assert_allclose(layer_scores(gain, cost, ratio), [10.0, 10.0])
+    np.testing.assert_allclose(layer_scores(gain, np.zeros((2, 2)), ratio), [100.0, 60.0])  # floor
+    with pytest.raises(ValueError, match="budget"):
+        SearchConfig(rule="best")
+
+
+def test_validation_split_is_seeded_disjoint_and_capped():
+    fit, val, in_sample = split_validation(64, SearchConfig())
+    assert len(val) == 16 and len(fit) == 48 and not in_sample and not set(fit) & set(val)
+    assert np.array_equal(val, split_validation(64, SearchConfig())[1])
+    assert not np.array_equal(val, split_validation(64, SearchConfig(seed=1))[1])
+    fit, val, in_sample = split_validation(3, SearchConfig())
+    assert in_sample and list(fit) == list(val) == [0, 1, 2]
+
+
+def test_default_build_runs_the_behavioural_search_on_held_out_train_pairs(tiny_lm):
+    pairs = PairSet("toy", VAL + tuple(Pair(p, " great", " terrible", "train") for p in ("a day", "a dog")))
+    vec, search, _ = build_steering_vector(tiny_lm, pairs, background=BACKGROUND)
+    assert search.score == "behavioural" and vec.meta["rule"] == "behavioural"
+    summary = vec.meta["search"]
+    assert summary["n_val_pairs"] == 2 and summary["n_fit_pairs"] == 6 and not summary["in_sample"]
+    assert vec.layers == (search.best,) and len(summary["scores"]) == 1  # first half of 3 layers
+
+
+def test_search_can_be_stopped_and_keeps_finished_layers(lm64):
+    from analysis.progress import Stopped
+
+    calls = []
+
+    def progress(f, stage):
+        calls.append(stage)
+        if "layer 2" in stage:
+            raise Stopped("user")
+
+    vectors = np.random.default_rng(0).normal(size=(lm64.n_layers, lm64.d_model))
+    res = behavioural_search(lm64, vectors, np.ones(lm64.n_layers), VAL[:2], BACKGROUND[:1], range(4),
+                             SearchConfig(strengths=(1.0,)), progress=progress)
+    assert res.stopped and np.isfinite(res.gain[:2]).all() and np.isnan(res.gain[2:]).all()
+    assert res.best in (0, 1)
+    lm64.assert_clean()
+
+
+# ---------------------------------------------------------------- null band
+
+
+def test_null_band_calibration_and_planted_vector(lm64):
+    """A random vector is exchangeable with the K null directions: outside [min, max] w.p. 2/(K+1)."""
+    layer, k, trials = 1, 4, 20
+    outside = 0
+    for t in range(trials):
+        v = np.random.default_rng(100 + t).normal(size=(lm64.n_layers, lm64.d_model))
+        vec = SteeringVector(lm64.name, v, (layer,))
+        sw = compute_alpha_sweep(lm64, vec, VAL[:4], [2.0], background=[], n_null=k, seed=t)
+        g, band = sw.gain[1], sw.null_gain[1]
+        outside += not band.min() <= g <= band.max()
+    # expected 2/5 = 0.4; binomial s.d. over 20 trials 0.11: accept 0.4 ± 2.5 s.d. (3..13 of 20)
+    assert 3 <= outside <= 13, outside
+    grad = np.zeros((lm64.n_layers, lm64.d_model))
+    grad[layer] = _gradient_direction(lm64, VAL[:4], layer)
+    sw = compute_alpha_sweep(lm64, SteeringVector(lm64.name, grad, (layer,)), VAL[:4], [2.0], background=[],
+                             n_null=k)
+    lo, hi = sw.null_band
+    assert sw.gain[1] > hi[1]  # the planted direction clears the band of same-norm random ones
+
+
+# ---------------------------------------------------------------- decoding options
+
+
+def test_repetition_penalty_top_k_top_p_match_transformers_processors():
+    from transformers import RepetitionPenaltyLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
+
+    from analysis.steering.generation import _penalise
+
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, -2.0, 1.0])
+    seen = [0, 1, 1]
+    want = RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([seen]), logits[None].clone())[0]
+    torch.testing.assert_close(_penalise(logits, seen, 1.5), want)
+    # filtered support: our sampler's kept tokens equal the HF warpers' finite logits
+    from analysis.steering import generation
+
+    kept = {}
+    for name, cfg, warper in (("k", GenerationConfig(do_sample=True, top_k=2), TopKLogitsWarper(2)),
+                              ("p", GenerationConfig(do_sample=True, top_p=0.7), TopPLogitsWarper(0.7))):
+        draws = set()
+        for seed in range(200):
+            torch.manual_seed(seed)
+            draws.add(generation._pick(logits.clone(), cfg))
+        kept[name] = draws
+        assert draws == set(torch.isfinite(warper(None, logits[None].clone())[0]).nonzero()[:, 0].tolist())
+
+
+def test_tl_path_repetition_penalty_changes_greedy_text_like_hf_rule(tiny_lm):
+    plain = generate(tiny_lm, "the food was", GenerationConfig(max_new_tokens=12, stop_at_eos=False))
+    pen = generate(tiny_lm, "the food was", GenerationConfig(max_new_tokens=12, stop_at_eos=False,
+                                                             repetition_penalty=50.0))
+    assert len(set(pen.new_tokens)) >= len(set(plain.new_tokens))
+    assert len(set(pen.new_tokens)) == len(pen.new_tokens)  # a huge penalty never repeats in 12 tokens
+
+
+def test_paper_preset_is_the_authors_setting():
+    from analysis.steering import PRESETS
+
+    p = PRESETS["paper"]
+    assert p.alpha == pytest.approx(2 * -0.8)
+    assert p.config.repetition_penalty == 1.5 and p.config.max_new_tokens == 200 and not p.config.do_sample
+
+
+def test_config_rejects_bad_search_settings():
+    for bad in (dict(strengths=()), dict(strengths=(0.0,)), dict(loss_budget=0), dict(val_fraction=1.0)):
+        with pytest.raises(ValueError):
+            SearchConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        SearchConfig.from_dict({"rule": "budget", "bogus": 1})
+    assert SteeringConfig().score == "behavioural"
+
+
+def test_cav_shift_is_the_mean_projection_change_in_unsteered_sds(tiny_lm):
+    from analysis.steering import CavProbe
+
+    rng = np.random.default_rng(3)
+    dirs = rng.normal(size=(2, tiny_lm.d_model))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    probe = CavProbe(("a", "b"), 2, dirs)
+    v = rng.normal(size=(tiny_lm.n_layers, tiny_lm.d_model))
+    vec = SteeringVector(tiny_lm.name, v, (2,))  # steer the read-out layer itself: the shift is exact
+    sw = compute_alpha_sweep(tiny_lm, vec, VAL[:2], [1.5], background=BACKGROUND, n_null=0, cavs=probe)
+    last = []
+    for text in BACKGROUND:
+        ids, _ = tiny_lm.tokenize([text])
+        with tiny_lm.locked() as model, torch.no_grad():
+            _, cache = model.run_with_cache(ids, names_filter=resid_hook(2))
+        last.append(cache[resid_hook(2)][0, -1].numpy())
+    sd = (np.stack(last) @ dirs.T).std(0, ddof=1)
+    # adding 1.5 v at the read-out layer moves every projection by 1.5 <v, c>; float32: 1e-4 of O(1) values
+    np.testing.assert_allclose(sw.cav_shift[1], 1.5 * (dirs @ v[2]) / sd, rtol=1e-4)
+    np.testing.assert_allclose(sw.cav_shift[0], 0.0, atol=1e-12)
