@@ -44,6 +44,11 @@ def _parse(filename: str, data: bytes, model: str, _tokenizer) -> PreferenceData
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
+def _geometry(filename: str, data: bytes, model: str, _lm) -> pd.DataFrame:
+    return single_token_geometry(_lm, list(parse_preferences(filename, data, _lm.tokenizer).pairs))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
 def _rank(filename: str, data: bytes, model: str, cfg: LikelihoodConfig, _lm) -> pd.DataFrame:
     # ``model`` is the fingerprint (name, backend, dtype): the cache key of the weights.
     return rank_pairs(_lm, parse_preferences(filename, data, _lm.tokenizer), cfg)
@@ -137,7 +142,7 @@ with tab_rank:
         "i.e. when W−'s projection coefficient on W+ exceeds ‖W+‖. The tokens pushed up most are those with a "
         "large ⟨W_z, W+ − W−⟩. Computed for the first token of each response."
     )
-    geo = single_token_geometry(lm, list(data.pairs))
+    geo = _geometry(filename, raw, lm.fingerprint, lm)
     st.dataframe(geo, hide_index=True, key="lik_geo_table")
     render_figure(token_geometry_figure(geo), data=geo, recipe=make_recipe("token_geometry", lm.name, {"source": source}),
                   key="lik_geo", filename=f"{source}_token_geometry")
