@@ -80,8 +80,10 @@ def test_random_split_band_flags_only_the_planted_concept(method):
     assert np.linalg.norm(r.vectors, axis=-1) == pytest.approx(np.ones((2, 2)), abs=1e-5)
     assert (r.vectors[0] @ u > 0.8).all()
     assert r.significant[0].all() and (r.accuracy[0] > 0.85).all()
-    assert not r.significant[1].any()
-    assert ((r.random_min[1] <= r.accuracy[1]) & (r.accuracy[1] <= r.random_max[1])).all()
+    # the noise concept is a null concept: it beats all 8 runs with chance 1/9 per layer,
+    # so one of 2 layers may be flagged by chance; both flagged has chance ~1 %
+    assert r.significant[1].sum() <= 1
+    assert (r.accuracy[1] < 0.7).all()
     # p = (1 + #{null >= acc}) / (1 + runs), by hand
     expected = (1 + (r.random_accuracy >= r.accuracy[..., None]).sum(-1)) / 9
     assert r.p_value == pytest.approx(expected)
@@ -264,6 +266,26 @@ def test_sentiment_cavs_on_real_model(real_lm):
             w, b = cavs.fit_logistic(x[train], y[train])
             held_out.append(float(np.mean(((x[test] @ w + b) > 0) == y[test])))
     print("held-out pos-vs-neg accuracy by layer:", [round(a, 3) for a in held_out])
+    # Oracle: sklearn's LogisticRegression (same C) on the same real activations. Where sklearn
+    # reaches the optimum (its objective within 1e-6 of ours) the CAVs agree to cosine 0.999;
+    # where it stops short (very large norms), ours must have the lower objective.
+    from sklearn.linear_model import LogisticRegression
+
+    def objective(w, b, x, yy):
+        return 0.5 * w @ w + np.logaddexp(0, -(2 * yy - 1) * (x @ w + b)).sum()
+
+    agreed = 0
+    for layer in (0, 6, 12, 17):
+        x = acts[layer, :120].astype(np.float64)
+        w, b = cavs.fit_logistic(x[train], y[train])
+        clf = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-10, max_iter=10_000).fit(x[train], y[train])
+        ours, ref = objective(w, b, x[train], y[train]), objective(clf.coef_[0], clf.intercept_[0], x[train], y[train])
+        assert ours <= ref * (1 + 1e-6)
+        if ref <= ours * (1 + 1e-6):
+            agreed += 1
+            assert float(cavs.unit(w) @ cavs.unit(clf.coef_[0])) >= 0.999
+        assert abs(np.mean(((x[test] @ w + b) > 0) == y[test]) - clf.score(x[test], y[test])) <= 1 / len(test)
+    assert agreed >= 2
     assert max(held_out) >= 0.9
     assert min(held_out) > 0.5  # sentiment is linearly readable at every layer, if weakly early on
 

@@ -25,36 +25,39 @@ concepts of equal size share it.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from jaxtyping import Bool, Float
 
+from analysis import vectors
 from analysis.activations import extract, resid_hooks
+from analysis.concepts.logistic import cross_validate_gram, fit_logistic_batched
 from analysis.concepts.sets import DEFAULT_BACKGROUND, ConceptSet, check_name
+from analysis.progress import Progress, report
 from analysis.recipes import check_config_keys
+from analysis.sampling import rng as seeded_rng
+from analysis.sampling import subsample
 
 POOLINGS = ("last", "mean")
-Progress = Callable[[float, str], None]
 Fitter = Callable[..., tuple[np.ndarray, float]]
 
 
 # ---------------------------------------------------------------- fitters
 
 def fit_logistic(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
-    """L2 logistic regression (sklearn): ``(weights (d,), intercept)``.
+    """L2 logistic regression, sklearn's ``LogisticRegression(C=C)`` objective: ``(weights (d,), intercept)``.
 
-    Solver ``newton-cg``: residual streams have norms in the thousands, where
-    lbfgs needs hundreds of iterations; newton-cg reaches the same optimum
-    (same objective, tol 1e-4) 5-15× faster on Gemma-3-270M activations.
+    One problem of :func:`analysis.concepts.logistic.fit_logistic_batched`
+    (solved to the optimum; sklearn's default tol=1e-4 stops short of it on
+    residual streams with norms in the thousands). ``seed`` is unused (the fit is
+    deterministic) and kept for the fitter signature.
     """
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=C, solver="newton-cg", max_iter=1000, random_state=seed).fit(x, y)
-    return clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
+    w, b = fit_logistic_batched(np.asarray(x)[None], np.asarray(y)[None], C)
+    return w[0].numpy(), float(b[0])
 
 
 def fit_mean_diff(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -67,21 +70,41 @@ def fit_mean_diff(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0,
 FITTERS: dict[str, Fitter] = {"logistic": fit_logistic, "mean_diff": fit_mean_diff}
 
 
-def unit(w: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(w))
-    return w / norm if norm > 0 else w
+unit = vectors.unit
+
+
+def folds_for(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``StratifiedKFold(n_folds, shuffle=True, random_state=seed)`` splits (they depend only on y)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros((len(y), 1)), y))
 
 
 def cv_accuracy(x: np.ndarray, y: np.ndarray, method: str, *, n_folds: int, C: float, seed: int) -> tuple[float, float]:
     """Mean and std of held-out accuracy over stratified, shuffled k folds."""
-    from sklearn.model_selection import StratifiedKFold
-
-    fitter = FITTERS[method]
+    folds = folds_for(y, n_folds, seed)
+    if method == "logistic":
+        acc = _logistic_cv(np.asarray(x)[None], y, folds, C, torch.device("cpu"))[2][0]
+        return float(acc.mean()), float(acc.std())
     scores = []
-    for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y):
-        w, b = fitter(x[train], y[train], C=C, seed=seed)
+    for train, test in folds:
+        w, b = FITTERS[method](x[train], y[train], C=C, seed=seed)
         scores.append(float(np.mean(((x[test] @ w + b) > 0).astype(int) == y[test])))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def _logistic_cv(x: Float[np.ndarray, "g n d"], y: np.ndarray, folds, C: float, device: torch.device):
+    """Unit CAVs (g, d), fold accuracies (g, f) for ``g`` problems sharing labels and folds.
+
+    Rows are centred per problem (it moves only the intercept) and each problem's
+    Gram matrix is formed once; all folds are sub-blocks of it.
+    """
+    xt = torch.as_tensor(np.asarray(x), device=device).double()
+    xc = xt - xt.mean(1, keepdim=True)
+    K = xc @ xc.transpose(1, 2)
+    alpha, _, acc = cross_validate_gram(K, torch.as_tensor(y, dtype=torch.float64, device=device), folds, C)
+    w = (xc.transpose(1, 2) @ alpha[..., None])[..., 0]
+    return unit(w.cpu().numpy()), None, acc.cpu().numpy()
 
 
 # ---------------------------------------------------------------- config/result
@@ -227,20 +250,26 @@ _ARRAYS = ("vectors", "accuracy", "accuracy_std", "random_accuracy", "p_value", 
 
 # ---------------------------------------------------------------- fitting
 
-def _rng(seed: int, *salt) -> np.random.Generator:
-    return np.random.default_rng([seed, *[zlib.crc32(str(s).encode()) for s in salt]])
-
-
-def null_accuracies(neg: Float[np.ndarray, "l m d"], n: int, config: CavConfig) -> Float[np.ndarray, "l r"]:
-    """TCAV null: ``n_random`` random halves of the background (``n`` vs ``n``) per layer."""
-    m = neg.shape[1]
+def _null_draws(m: int, n: int, config: CavConfig) -> list[np.ndarray]:
+    """Background indices of the ``n_random`` fake concepts: ``n`` vs ``n`` random halves."""
     if 2 * n > m:
         raise ValueError(f"random splits need 2×{n} background texts but there are {m}; set max_texts ≤ {m // 2}")
-    rng = _rng(config.seed, "null", n)
+    rng = seeded_rng(config.seed, "null", n)
+    return [rng.permutation(m)[: 2 * n] for _ in range(config.n_random)]
+
+
+def null_accuracies(neg: Float[np.ndarray, "l m d"], n: int, config: CavConfig, *,
+                    device: str | torch.device | None = None) -> Float[np.ndarray, "l r"]:
+    """TCAV null: ``n_random`` random halves of the background (``n`` vs ``n``) per layer."""
+    draws = _null_draws(neg.shape[1], n, config)
     y = np.r_[np.ones(n, int), np.zeros(n, int)]
+    if config.method == "logistic":
+        x = np.stack([neg[:, idx] for idx in draws])  # (r, l, 2n, d)
+        acc = _logistic_cv(x.reshape(-1, 2 * n, neg.shape[2]), y, folds_for(y, config.n_folds, config.seed),
+                           config.C, torch.device(device or "cpu"))[2]
+        return acc.mean(-1).reshape(len(draws), neg.shape[0]).T
     out = np.zeros((neg.shape[0], config.n_random))
-    for r in range(config.n_random):
-        idx = rng.permutation(m)[: 2 * n]
+    for r, idx in enumerate(draws):
         for li in range(neg.shape[0]):
             out[li, r] = cv_accuracy(neg[li, idx], y, config.method, n_folds=config.n_folds, C=config.C, seed=config.seed)[0]
     return out
@@ -254,58 +283,62 @@ def fit_cavs_arrays(
     *,
     progress: Progress | None = None,
     model: str = "",
+    device: str | torch.device | None = None,
 ) -> CavResult:
     """Fit CAVs on pre-extracted activations (stacked over ``layers``); see module doc.
 
-    BLAS/OpenMP run single-threaded here: thousands of small fits are ~10×
-    faster without thread start-up and oversubscription.
+    ``logistic``: every layer, concept, fold and random split of one concept size
+    is one batched solve (:mod:`analysis.concepts.logistic`) on ``device``
+    (default CPU; pass the model's device to fit on the GPU).
     """
-    # Import first: threadpool_limits only limits the libraries already loaded.
-    import sklearn.linear_model  # noqa: F401
-    import sklearn.model_selection  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        return _fit_all(positives, negatives, config, layers, progress, model)
-
-
-def _fit_all(positives, negatives, config: CavConfig, layers, progress, model) -> CavResult:
     names = list(config.concepts)
     missing = [c for c in names if c not in positives]
     if missing:
         raise ValueError(f"no activations for concepts {missing}")
+    dev = torch.device(device or "cpu")
     n_l, m, d = negatives.shape
-    vectors = np.zeros((len(names), n_l, d), np.float32)
-    acc, acc_std, pval = (np.zeros((len(names), n_l)) for _ in range(3))
+    vecs = np.zeros((len(names), n_l, d), np.float32)
+    acc, acc_std = np.zeros((len(names), n_l)), np.zeros((len(names), n_l))
     rand = np.zeros((len(names), n_l, config.n_random))
     sizes = np.zeros(len(names), np.int64)
-    nulls: dict[int, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}
     for ci, name in enumerate(names):
         pos = positives[name]
         n = min(pos.shape[1], m, config.max_texts or pos.shape[1])
         if n < config.n_folds:
             raise ValueError(f"concept {name!r} has {n} texts; need at least n_folds={config.n_folds}")
-        rng = _rng(config.seed, "sample", name)
+        rng = seeded_rng(config.seed, "sample", name)
         pos_idx = np.sort(rng.choice(pos.shape[1], n, replace=False))
         neg_idx = np.sort(rng.choice(m, n, replace=False))
-        y = np.r_[np.ones(n, int), np.zeros(n, int)]
-        for li in range(n_l):
-            x = np.concatenate([pos[li, pos_idx], negatives[li, neg_idx]])
-            w, _ = FITTERS[config.method](x, y, C=config.C, seed=config.seed)
-            vectors[ci, li] = unit(w)
-            acc[ci, li], acc_std[ci, li] = cv_accuracy(x, y, config.method, n_folds=config.n_folds, C=config.C, seed=config.seed)
-            if progress:
-                progress((ci + (li + 1) / n_l) / (2 * len(names)), f"CAV {name} layer {layers[li]}")
-        if n not in nulls:
-            nulls[n] = null_accuracies(negatives, n, config)
-        rand[ci] = nulls[n]
+        rows[name] = np.concatenate([pos[:, pos_idx], negatives[:, neg_idx]], axis=1)  # (l, 2n, d)
         sizes[ci] = n
-        if progress:
-            progress((len(names) + ci + 1) / (2 * len(names)), f"random-split null for {name}")
+    for k, n in enumerate(sorted(set(sizes.tolist()))):
+        group = [ci for ci in range(len(names)) if sizes[ci] == n]
+        y = np.r_[np.ones(n, int), np.zeros(n, int)]
+        folds = folds_for(y, config.n_folds, config.seed)
+        draws = _null_draws(m, n, config)
+        if config.method == "logistic":
+            # the concepts of this size and their shared null, all layers, as one batch
+            x = np.concatenate([np.stack([rows[names[ci]] for ci in group]), np.stack([negatives[:, idx] for idx in draws])])
+            v, _, fold_acc = _logistic_cv(x.reshape(-1, 2 * n, d), y, folds, config.C, dev)
+            v, fold_acc = v.reshape(len(x), n_l, d), fold_acc.reshape(len(x), n_l, -1)
+            vecs[group] = v[: len(group)]
+            acc[group], acc_std[group] = fold_acc[: len(group)].mean(-1), fold_acc[: len(group)].std(-1)
+            rand[group] = fold_acc[len(group):].mean(-1).T
+        else:
+            for ci in group:
+                for li in range(n_l):
+                    x, _ = rows[names[ci]][li], None
+                    w, _ = FITTERS[config.method](x, y, C=config.C, seed=config.seed)
+                    vecs[ci, li] = unit(w)
+                    acc[ci, li], acc_std[ci, li] = cv_accuracy(x, y, config.method, n_folds=config.n_folds,
+                                                               C=config.C, seed=config.seed)
+            rand[group] = null_accuracies(negatives, n, config)
+        report(progress, (k + 1) / len(set(sizes.tolist())), f"CAVs and random-split null, {n} texts per class")
     pval = (1 + (rand >= acc[..., None]).sum(-1)) / (1 + config.n_random)
     significant = acc > rand.max(-1)
     return CavResult(
-        concepts=tuple(names), layers=tuple(int(l) for l in layers), vectors=vectors, accuracy=acc,
+        concepts=tuple(names), layers=tuple(int(l) for l in layers), vectors=vecs, accuracy=acc,
         accuracy_std=acc_std, random_accuracy=rand, p_value=pval, significant=significant,
         n_texts=sizes, config=config.to_dict(), model=model,
     )
@@ -328,12 +361,6 @@ def resolve_layers(lm, layers: Sequence[int] | None) -> list[int]:
     return sorted(layers)
 
 
-def _subsample(texts: Sequence[str], k: int | None, seed: int, salt: str) -> list[str]:
-    if k is None or len(texts) <= k:
-        return list(texts)
-    return [texts[i] for i in np.sort(_rng(seed, "texts", salt).choice(len(texts), k, replace=False))]
-
-
 def fit_cavs(
     lm,
     concept_sets: dict[str, ConceptSet] | Sequence[ConceptSet],
@@ -353,9 +380,9 @@ def fit_cavs(
     if missing:
         raise ValueError(f"unknown concepts {missing}; available concepts are {sorted(sets)}")
     layers = resolve_layers(lm, config.layers)
-    texts = {name: _subsample(sets[name].texts, config.max_texts, config.seed, name) for name in config.concepts}
+    texts = {name: subsample(sets[name].texts, config.max_texts, config.seed, "texts", name) for name in config.concepts}
     # the null needs 2×n background texts; with max_texts only that many are extracted
-    background = _subsample(background, None if config.max_texts is None else 2 * config.max_texts, config.seed, "background")
+    background = subsample(background, None if config.max_texts is None else 2 * config.max_texts, config.seed, "texts", "background")
     total = len(config.concepts) + 1
 
     def stage(i: int, what: str):
@@ -367,14 +394,19 @@ def fit_cavs(
         for i, name in enumerate(config.concepts)
     }
     fit_progress = (lambda f, msg: progress(0.5 + 0.5 * f, msg)) if progress else None
-    return fit_cavs_arrays(positives, negatives, config, layers, progress=fit_progress, model=lm.name)
+    return fit_cavs_arrays(positives, negatives, config, layers, progress=fit_progress, model=lm.name,
+                           device=_model_device(lm))
+
+
+def _model_device(lm) -> torch.device:
+    """CUDA when the model is on a GPU; else CPU (MPS has no float64, which the fits use)."""
+    device = str(getattr(lm, "device", "cpu"))
+    return torch.device(device if device.startswith("cuda") and torch.cuda.is_available() else "cpu")
 
 
 def cosine_matrix(result: CavResult, layer: int) -> Float[np.ndarray, "c c"]:
-    """Cosine similarity between the concepts' CAVs at ``layer`` (CAVs are unit vectors)."""
-    v = result.vectors[:, result.layer_index(layer)].astype(np.float64)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
-    return v @ v.T
+    """Cosine similarity between the concepts' CAVs at ``layer`` (:func:`analysis.vectors.cosine_matrix`)."""
+    return vectors.cosine_matrix(result.vectors[:, result.layer_index(layer)])
 
 
 # ---------------------------------------------------------------- frames and recipes
