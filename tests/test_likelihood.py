@@ -351,10 +351,11 @@ def test_ches_command_writes_scores_and_filtered_set(real_lm, tmp_path):
 
     from analysis.cli import main
 
-    assert main(["ches", "conversational_example", "--out", str(tmp_path), "--percentile", "50"]) == 0
+    assert main(["ches", "conversational_example", "--out", str(tmp_path), "--filter", "percentile",
+                 "--percentile", "50"]) == 0
     frame = pd.read_csv(tmp_path / "conversational_example.ches.csv")
     assert len(frame) == 6 and frame["ches"].is_monotonic_decreasing
-    kept = parse_preferences("k.jsonl", (tmp_path / "conversational_example.ches_p50.jsonl").read_bytes())
+    kept = parse_preferences("k.jsonl", (tmp_path / "conversational_example.ches_percentile.jsonl").read_bytes())
     assert kept.layout == "conversational" and len(kept) == 3
     assert main(["ches", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)]) == 2
 
