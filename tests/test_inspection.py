@@ -256,3 +256,26 @@ def test_cli_inspect_writes_files(tmp_path):
     assert list(table["text"]) == ["Hello world", "The sky is blue"]
     assert (table["loss"] > 0).all()
     assert "The sky is blue" in (out / "logit_lens.recipe.json").read_text()
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_fused_lens_equals_full_log_softmax_across_chunks(softcap):
+    """One pass over vocabulary chunks (online logsumexp, merged top-k, rank) = the full softmax, float64."""
+    from analysis.inspection.lens import fused_lens
+
+    g = torch.Generator().manual_seed(0)
+    h, W = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(50, 5, generator=g, dtype=torch.float64)
+    bias = torch.randn(50, generator=g, dtype=torch.float64)
+    nxt = torch.tensor([0, 49, 13, 13, 7, 31, 8])
+    out = fused_lens(h.double(), W, nxt, 4, bias=bias, softcap=softcap, chunk=8)  # 7 chunks, the last partial
+    z = h @ W.T + bias
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    lp = torch.log_softmax(z, -1)
+    p, i = lp.exp().topk(4, -1)
+    np.testing.assert_array_equal(out["top_ids"].numpy(), i.numpy())
+    obs = lp.gather(-1, nxt[:, None])[:, 0]
+    # fused_lens works in float32 (as the model): tolerance ~1e-6 relative on probabilities
+    np.testing.assert_allclose(out["top_probs"].numpy(), p.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["observed_prob"].numpy(), obs.exp().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out["observed_rank"].numpy(), ((lp > obs[:, None]).sum(-1) + 1).numpy())
