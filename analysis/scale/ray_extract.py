@@ -189,11 +189,11 @@ def _run_ray(job, texts, todo, out, settings, workers, address, finished) -> dic
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpus = float(ray.cluster_resources().get("GPU", 0)) if job.device not in ("cpu", "mps") else 0.0
         per_gpu = 1.0 if gpus >= workers else (gpus / workers if gpus else 0.0)
         cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)) // workers)
-        if per_gpu and job.device in (None, "", "auto", "cpu"):
-            job = ExtractJob(**{**job.__dict__, "device": "cuda" if job.device_map is None else None})
+        if per_gpu and job.device in (None, "", "auto") and job.device_map is None:
+            job = ExtractJob(**{**job.__dict__, "device": "cuda"})  # Ray shows each actor its own GPU
         rows = [{"index": s.index, "start": s.start, "stop": s.stop, "digest": s.digest,
                  "texts": texts[s.start: s.stop]} for s in todo]
         by_index = {s.index: s for s in todo}
