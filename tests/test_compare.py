@@ -299,3 +299,16 @@ def test_recipes_rebuild_the_figure_headlessly(tiny_lm, tiny_workspace, kind, vi
     assert len(fig.data) >= 1 and len(frame) > 0
     if view == "likelihood":
         assert np.all(frame.delta_logp_chosen == 0) and np.all(frame.ches_a == frame.ches_b)
+
+
+def test_module_activations_of_a_bridge_copy_equal_the_shared_models(tiny_bridge_lm):
+    """The DPO copy under the bridge is read through its own resid_post HookPoints: same numbers as extract."""
+    from analysis.concepts import stacked_activations
+    from analysis.likelihood import trainable_copy
+
+    lm, _ = tiny_bridge_lm
+    texts = ["the cat is happy", "she was very sad", "the day is hot and red"]
+    policy, _ = trainable_copy(lm)
+    got = module_activations(lm, policy, texts)
+    want = stacked_activations(lm, texts, range(lm.n_layers), "last", use_cache=False)
+    assert got == pytest.approx(want, abs=1e-5)  # float32, |resid| ~ 1: same weights, same kernels
