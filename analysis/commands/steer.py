@@ -116,10 +116,25 @@ def run_steer(lm, args) -> list[Path]:
     summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     path = out / "summary.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    tmp.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False))
     tmp.replace(path)
     written.append(path)
     return written
+
+
+def _jsonable(x):
+    """Strict JSON: NaN/inf (a cell not run, a stopped step) become null; numpy scalars become floats."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _build(lm, pair_set, cfg, args, background, progress):
