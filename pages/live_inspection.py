@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pandas as pd
 import streamlit as st
 
 from analysis.inspection.lens import (
     MAX_TOP_K,
     InspectConfig,
+    add_lens,
     check_prompts,
     display_token,
     inspect_prompt,
@@ -29,8 +32,15 @@ SCORE_CHUNK = 4  # prompts per cached scoring call (and per progress step)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)  # attention is layers x heads x T x T
-def _inspect(_lm, model_name: str, text: str, top_k: int):
-    return inspect_prompt(_lm, text, top_k)
+def _forward(_lm, model_name: str, text: str, top_k: int):
+    """The cheap parts (norms, attention, next token) of one forward pass; residuals kept for the lens."""
+    return inspect_prompt(_lm, text, top_k, lens=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _lens(_lm, model_name: str, text: str, top_k: int):
+    """The logit lens added to the cached forward pass: no second forward pass."""
+    return add_lens(_lm, _forward(_lm, model_name, text, top_k), top_k)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -89,9 +99,11 @@ with st.form("inspect_inputs"):
 
 if submitted:
     prompts = _read_prompts(text, upload)
-    if prompts is not None:
-        put("inspect_prompts", prompts)
-        put("inspect_top_k", int(top_k))
+    # a rejected input clears the previous results: they would read as the new file's
+    put("inspect_prompts", prompts)
+    if prompts is None:
+        st.stop()
+    put("inspect_top_k", int(top_k))
 
 prompts = get("inspect_prompts")
 if not prompts:
@@ -105,8 +117,10 @@ if table is None:
 st.subheader("Prompts")
 st.caption("Mean next-token cross-entropy per prompt (nats). Select a row to inspect that prompt.")
 shown = table.rename(columns={"text": "prompt", "n_tokens": "tokens"})
+# the table's key names its prompt set, so a new set opens on prompt 1, not the old selection
+digest = zlib.crc32("\n".join(prompts).encode())
 event = st.dataframe(
-    shown, on_select="rerun", selection_mode="single-row", hide_index=True, key="inspect_table",
+    shown, on_select="rerun", selection_mode="single-row", hide_index=True, key=f"inspect_table_{digest:08x}",
     width="stretch", column_config={"loss": st.column_config.NumberColumn(format="%.3f")},
 )
 rows = event.selection.rows if event is not None else []
@@ -116,7 +130,7 @@ k = int(get("inspect_top_k", 10))
 
 try:
     with st.spinner("Inspecting the prompt ..."):
-        insp = _inspect(lm, lm.name, prompt, k)
+        insp = _forward(lm, lm.name, prompt, k)
 except ValueError as err:
     show_error(err)
     st.stop()
@@ -136,16 +150,7 @@ log_norms = st.checkbox("Log colour scale", value=True, key="inspect_log_norms",
 _show("residual_norms", InspectConfig(text=prompt, top_k=k, log_norms=log_norms))
 
 st.subheader("Logit lens")
-metric_label = st.radio("Lens colour", ["probability", "rank"], horizontal=True, key="inspect_metric")
-metric = "prob" if metric_label == "probability" else "rank"
-_show("logit_lens", InspectConfig(text=prompt, top_k=k, metric=metric))
-positions = list(range(insp.n_tokens))
-position = st.selectbox(
-    "Position for the top-k table", positions, index=len(positions) - 1, key="inspect_position",
-    format_func=lambda p: f"{p}: {display_token(insp.tokens[p])}",
-)
-st.caption(f"Top-{k} logit-lens tokens at position {position} per layer (probability in brackets).")
-st.dataframe(lens_top_k_frame(insp, position), width="stretch")
+lens_box = st.container()  # filled last: the cheap figures below appear first
 
 st.subheader("Attention pattern")
 left, right = st.columns(2)
@@ -155,3 +160,18 @@ _show("attention", InspectConfig(text=prompt, top_k=k, layer=int(layer), head=in
 
 st.subheader("Next-token prediction")
 _show("next_token", InspectConfig(text=prompt, top_k=k))
+
+
+with lens_box:
+    metric_label = st.radio("Lens colour", ["probability", "rank"], horizontal=True, key="inspect_metric")
+    metric = "prob" if metric_label == "probability" else "rank"
+    with st.spinner(f"Logit lens: {insp.n_layers} layers x {insp.n_tokens} tokens x the whole vocabulary ..."):
+        insp = _lens(lm, lm.name, prompt, k)
+    _show("logit_lens", InspectConfig(text=prompt, top_k=k, metric=metric))
+    positions = list(range(insp.n_tokens))
+    position = st.selectbox(
+        "Position for the top-k table", positions, index=len(positions) - 1, key="inspect_position",
+        format_func=lambda p: f"{p}: {display_token(insp.tokens[p])}",
+    )
+    st.caption(f"Top-{k} logit-lens tokens at position {position}, one row per layer (probability in brackets).")
+    st.dataframe(lens_top_k_frame(insp, position), width="stretch")

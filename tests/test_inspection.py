@@ -146,7 +146,7 @@ def test_figures_and_frames(tiny_lm):
     np.testing.assert_array_equal(frame["observed_rank"], insp.observed_rank.ravel())
     assert list(frame["observed_next"][:4]) == ["the", "cat", "the", "cat"]
     top = lens_top_k_frame(insp, 2)
-    assert top.shape == (4, 3) and top.iloc[0, 0].startswith(insp.lens_top_tokens[0, 2, 0])
+    assert top.shape == (3, 4) and top.iloc[0, 0].startswith(insp.lens_top_tokens[0, 2, 0])  # layers x ranks
 
 
 def test_recipes_rebuild_every_kind(tiny_lm):

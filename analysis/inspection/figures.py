@@ -13,6 +13,12 @@ from analysis.figures.theme import apply_theme
 from analysis.inspection.lens import PromptInspection, check_layer_head, display_token
 
 MAX_CELL_TEXT_TOKENS = 40  # beyond this many positions, top-1 tokens go to hover only
+CELL_CHARS = 7  # cell labels are cut to this many characters ("…"); hover shows the whole token
+
+
+def cell_label(token: str, width: int = CELL_CHARS) -> str:
+    """A lens cell's label: the visible token, shortened to ``width`` characters."""
+    return token if len(token) <= width else token[: width - 1] + "…"
 
 
 def residual_norms_figure(insp: PromptInspection, log: bool = False) -> go.Figure:
@@ -40,6 +46,8 @@ def logit_lens_figure(insp: PromptInspection, metric: str = "prob") -> go.Figure
     """
     if metric not in ("prob", "rank"):
         raise ValueError(f"metric {metric!r}: valid metrics are ('prob', 'rank')")
+    if not insp.has_lens:
+        raise ValueError("this inspection has no logit lens yet; call analysis.inspection.add_lens first")
     n = insp.n_tokens - 1
     top1 = np.vectorize(display_token, otypes=[object])(insp.lens_top_tokens[:, :n, 0])
     observed = np.array([display_token(t) for t in insp.tokens[1:]], dtype=object)
@@ -55,8 +63,9 @@ def logit_lens_figure(insp: PromptInspection, metric: str = "prob") -> go.Figure
     show_text = n <= MAX_CELL_TEXT_TOKENS
     fig = go.Figure(go.Heatmap(
         z=z, x=insp.labels[:n], y=list(range(insp.n_layers)), customdata=custom,
-        text=top1 if show_text else None, texttemplate="%{text}" if show_text else None,
-        textfont=dict(size=10), colorbar=dict(title=title), **scale,
+        text=np.vectorize(cell_label, otypes=[object])(top1) if show_text else None,
+        texttemplate="%{text}" if show_text else None,
+        textfont=dict(size=10 if n <= 20 else 8), colorbar=dict(title=title), **scale,
         hovertemplate=(
             "input %{x} · layer %{y}<br>observed next %{customdata[2]}: p=%{customdata[4]}, "
             "rank %{customdata[3]}<br>lens top-1 %{customdata[0]} (p=%{customdata[1]})<extra></extra>"

@@ -21,7 +21,7 @@ Footguns:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +52,7 @@ class PromptInspection:
     ``observed_prob/rank``: (layers, T-1) lens probability and 1-based rank of token p+1.
     ``attention``: (layers, heads, T, T), rows (queries) sum to 1.
     ``next_*``: (k,) top-k of the model's real next-token distribution after the prompt.
+    The lens fields are None until :func:`add_lens` (see ``inspect_prompt(lens=False)``).
     """
 
     model: str
@@ -68,6 +69,11 @@ class PromptInspection:
     next_ids: Int[np.ndarray, "k"]
     next_tokens: tuple[str, ...]
     next_probs: Float[np.ndarray, "k"]
+    resid: Float[np.ndarray, "layers T d_model"] | None = None  # kept only until the lens is added
+
+    @property
+    def has_lens(self) -> bool:
+        return self.lens_top_ids is not None
 
     @property
     def n_layers(self) -> int:
@@ -88,8 +94,14 @@ class PromptInspection:
 
 
 def display_token(token: str) -> str:
-    """A token made visible: newlines and tabs escaped, spaces kept."""
-    return token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    """A token made visible: newlines and tabs escaped, other control or unprintable
+    characters (which fonts draw as empty boxes) as ``\\xNN``/``\\uNNNN``; an
+    all-space token as ``␣`` per space."""
+    token = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    if token and not token.strip(" "):
+        return "␣" * len(token)
+    return "".join(c if c.isprintable() or c == " " else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                   for c in token)
 
 
 @dataclass(frozen=True)
@@ -145,20 +157,29 @@ def _check_prompt(lm: LoadedModel, text: str) -> None:
 
 
 def _decoder(lm: LoadedModel) -> Callable[[int], str]:
+    """Token id -> text; a byte-fallback piece that decodes to nothing or to U+FFFD
+    (one byte of a multi-byte character) shows as its vocabulary name, e.g. ``<0xE2>``."""
     memo: dict[int, str] = {}
 
     def decode(i: int) -> str:
         if i not in memo:
-            memo[i] = lm.tokenizer.decode([i])
+            text = lm.tokenizer.decode([i])
+            if not text or "\ufffd" in text:
+                piece = lm.tokenizer.convert_ids_to_tokens(i)
+                text = piece if isinstance(piece, str) and piece else f"<id {i}>"
+            memo[i] = text
         return memo[i]
 
     return decode
 
 
 @torch.inference_mode()
-def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10) -> PromptInspection:
+def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10, *, lens: bool = True) -> PromptInspection:
     """Inspect ``text`` with one hooked forward pass; see :class:`PromptInspection`.
 
+    ``lens=False`` returns the cheap parts (norms, attention, next token) with the
+    lens fields None and the residuals kept in ``resid``; :func:`add_lens` adds the
+    lens later without a second forward pass (the page shows the cheap figures first).
     Raises ValueError for an empty prompt or one longer than the model's context.
     """
     InspectConfig(text=text, top_k=top_k)
@@ -170,29 +191,47 @@ def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10) -> PromptInspect
         logits, cache = model.run_with_cache(
             ids, attention_mask=mask, names_filter=lambda name: name in wanted
         )
-        resid = torch.stack([cache[resid_hook(l)][0] for l in range(n_layers)])  # (L, T, d)
-        lens = _logit_lens(model, resid, ids[0], top_k)
+    resid = torch.stack([cache[resid_hook(l)][0] for l in range(n_layers)])  # (L, T, d)
     attention = torch.stack([cache[pattern_hook(l)][0] for l in range(n_layers)])
     next_lp = torch.log_softmax(logits[0, -1].float(), dim=-1)
     next_lp, next_ids = next_lp.topk(top_k)
     decode = _decoder(lm)
     token_ids = ids[0].cpu().numpy()
-    top_ids = lens["top_ids"]
-    return PromptInspection(
+    insp = PromptInspection(
         model=lm.name,
         text=text,
         tokens=tuple(decode(int(i)) for i in token_ids),
         token_ids=token_ids,
         resid_norms=resid.float().norm(dim=-1).cpu().numpy(),
-        lens_top_ids=top_ids,
-        lens_top_tokens=np.vectorize(decode, otypes=[object])(top_ids).astype(str),
-        lens_top_probs=lens["top_probs"],
-        observed_prob=lens["observed_prob"],
-        observed_rank=lens["observed_rank"],
+        lens_top_ids=None,
+        lens_top_tokens=None,
+        lens_top_probs=None,
+        observed_prob=None,
+        observed_rank=None,
         attention=attention.float().cpu().numpy(),
         next_ids=next_ids.cpu().numpy(),
         next_tokens=tuple(decode(int(i)) for i in next_ids),
         next_probs=next_lp.exp().cpu().numpy(),
+        resid=resid.float().cpu().numpy(),
+    )
+    return add_lens(lm, insp, top_k) if lens else insp
+
+
+@torch.inference_mode()
+def add_lens(lm: LoadedModel, insp: PromptInspection, top_k: int | None = None) -> PromptInspection:
+    """``insp`` with the logit lens filled in from its kept residuals (no forward pass)."""
+    if insp.resid is None:
+        raise ValueError("this inspection has no residuals kept; run inspect_prompt(..., lens=False) first")
+    k = len(insp.next_ids) if top_k is None else top_k
+    with lm.locked() as model:
+        dev = next(iter(model.parameters())).device
+        resid = torch.as_tensor(insp.resid, device=dev)
+        lens = _logit_lens(model, resid, torch.as_tensor(insp.token_ids, device=dev), k)
+    decode = _decoder(lm)
+    return replace(
+        insp, lens_top_ids=lens["top_ids"], lens_top_probs=lens["top_probs"],
+        lens_top_tokens=np.vectorize(decode, otypes=[object])(lens["top_ids"]).astype(str),
+        observed_prob=lens["observed_prob"], observed_rank=lens["observed_rank"], resid=None,
     )
 
 
@@ -376,15 +415,18 @@ def next_token_frame(insp: PromptInspection) -> pd.DataFrame:
 
 
 def lens_top_k_frame(insp: PromptInspection, position: int) -> pd.DataFrame:
-    """Top-k lens tokens at one position, one column per layer (``token (prob)``)."""
+    """Top-k lens tokens at one position: one row per layer, one column per rank (``token (prob)``).
+
+    Layers are rows so the table grows downwards, not past the page's width.
+    """
     if not 0 <= position < insp.n_tokens:
         raise ValueError(f"position {position}: valid positions are 0..{insp.n_tokens - 1}")
     k = insp.lens_top_ids.shape[-1]
     return pd.DataFrame(
-        {f"layer {l}": [f"{display_token(insp.lens_top_tokens[l, position, r])} "
-                        f"({insp.lens_top_probs[l, position, r]:.3f})" for r in range(k)]
-         for l in range(insp.n_layers)},
-        index=pd.Index(range(1, k + 1), name="rank"),
+        {f"#{r + 1}": [f"{display_token(insp.lens_top_tokens[l, position, r])} "
+                       f"({insp.lens_top_probs[l, position, r]:.3f})" for l in range(insp.n_layers)]
+         for r in range(k)},
+        index=pd.Index(range(insp.n_layers), name="layer"),
     )
 
 
