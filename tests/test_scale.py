@@ -271,3 +271,16 @@ def test_extract_cli_writes_shards_in_process(tiny_bridge_lm, tmp_path, capsys):
     got = load_shards(tmp_path / "o")
     assert got.hook_names == ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post") and len(got.n_tokens) == 11
     assert cli.main(argv[:-2] + ["--pooling", "max"]) == 2  # bad input: exit 2, before loading
+
+
+def test_hook_specs_parse():
+    from analysis.commands.extract import parse_hooks
+
+    assert parse_hooks("resid:0-2,ln_final.hook_normalized") == [
+        "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post", "ln_final.hook_normalized"]
+    assert parse_hooks("resid:all", n_layers=2) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert parse_hooks("resid:1,resid:1") == ["blocks.1.hook_resid_post"]
+    with pytest.raises(ValueError, match="resid:0-5"):
+        parse_hooks("resid:a-b")
+    with pytest.raises(ValueError, match="needs a catalogue model"):
+        parse_hooks("resid:all")

@@ -46,7 +46,7 @@ def _progress(fraction: float, stage: str) -> None:
 
 def _extract(args) -> int:
     from analysis.activations import POOLINGS
-    from analysis.models import CATALOGUE
+    from analysis.models import CATALOGUE, DEFAULT_MODEL
     from analysis.scale import ExtractJob, check_fits, extract_corpus, parse_device_map, parse_max_memory
     from analysis.scale.shards import read_corpus
 
@@ -55,7 +55,7 @@ def _extract(args) -> int:
         raise ValueError(f"--pooling {args.pooling!r}: valid poolings are {', '.join(POOLINGS)}")
     if args.workers < 0 or args.shard_size < 1 or args.batch_size < 1:
         raise ValueError("--workers must be >= 0, --shard-size and --batch-size >= 1")
-    spec = CATALOGUE.get((args.model or "").strip()) if args.model else None
+    spec = CATALOGUE.get((args.model or DEFAULT_MODEL).strip())
     hooks = parse_hooks(args.hooks, spec.n_layers if spec else None)
     texts = read_corpus(args.corpus, field=args.field)
     device_map, max_memory = parse_device_map(args.device_map), parse_max_memory(args.max_memory)
