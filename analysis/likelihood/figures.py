@@ -105,7 +105,7 @@ def dpo_curves_figure(frame: pd.DataFrame) -> go.Figure:
     """Per step, over runs: change of log p(y+), log p(y−) (whole responses) and the margin (left);
     first-response-position probabilities of y+, y− and the watched tokens (right)."""
     _check(frame, ["step", "logp_chosen_change", "logp_rejected_change", "margin"], "dpo_curves_figure")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=(
         "Change of log-probabilities since step 0", "Next-token probability after the prompt"))
     for i, (col, name) in enumerate([("logp_chosen_change", "Δ log p(y+)"), ("logp_rejected_change", "Δ log p(y−)"),
                                      ("margin", "reward margin")]):
@@ -129,7 +129,7 @@ def dpo_indicators_figure(frame: pd.DataFrame) -> go.Figure:
     both are predicted from the same position) one line is drawn and the
     legend says so, instead of two lines hiding each other."""
     _check(frame, ["step", "topk_mass_chosen", "topk_entropy_chosen"], "dpo_indicators_figure")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Top-k mass M_k", "Top-k entropy H_k (nats)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=("Top-k mass M_k", "Top-k entropy H_k (nats)"))
     same = all(f"{s}_rejected" in frame and np.allclose(frame[f"{s}_chosen"], frame[f"{s}_rejected"], rtol=1e-6, atol=1e-9)
                for s in ("topk_mass", "topk_entropy"))
     sides = [("chosen", "y+ = y− (same predicting position)" if same else "y+")] + ([] if same else [("rejected", "y−")])
@@ -170,7 +170,7 @@ def dpo_gainers_figure(trajectories: pd.DataFrame, gainers: pd.DataFrame, *, n: 
 def dpo_rank_figure(frame: pd.DataFrame) -> go.Figure:
     """Rank of y+ among all tokens by probability gain (1 = gained most) and its first-token log-probs."""
     _check(frame, ["step", "rank_chosen_by_p_gain", "logp_first_chosen", "logp_first_rejected"], "dpo_rank_figure")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Rank of y+ by gain since step 0", "First-token log-probabilities"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=("Rank of y+ by gain since step 0", "First-token log-probabilities"))
     data = frame[frame["step"] > 0]
     _band(fig, data, "rank_chosen_by_p_gain", "rank by Δp", QUALITATIVE[0])
     if "rank_chosen_by_logp_gain" in data:
@@ -178,7 +178,7 @@ def dpo_rank_figure(frame: pd.DataFrame) -> go.Figure:
     _band(fig, frame, "logp_first_chosen", "log p(y+)", QUALITATIVE[2], column=2)
     _band(fig, frame, "logp_first_rejected", "log p(y−)", QUALITATIVE[3], column=2, dash="dash")
     fig.update_xaxes(title_text="DPO step (optimizer updates)")
-    fig.update_yaxes(title_text="rank (1 = largest gain, log scale)", type="log", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(title_text="rank (1 = largest gain)", autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="nats", row=1, col=2)
     fig.update_layout(title=f"Where y+ stands among the tokens that gain mass: {_runs_note(frame)}",
                       legend_title_text="series")
@@ -211,7 +211,7 @@ def indicator_comparison_figure(frame: pd.DataFrame) -> go.Figure:
     """Mean M_k and H_k per model and response side (from ``dpo.compare_indicators``)."""
     _check(frame, ["model", "response", "topk_mass", "topk_entropy"], "indicator_comparison_figure")
     means = frame.groupby(["model", "response"], sort=False)[["topk_mass", "topk_entropy"]].mean().reset_index()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Top-k mass M_k", "Top-k entropy H_k (nats)"))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14, subplot_titles=("Top-k mass M_k", "Top-k entropy H_k (nats)"))
     for i, side in enumerate(("chosen", "rejected")):
         sub = means[means["response"] == side]
         for col, stat in ((1, "topk_mass"), (2, "topk_entropy")):
