@@ -284,3 +284,15 @@ def test_hook_specs_parse():
         parse_hooks("resid:a-b")
     with pytest.raises(ValueError, match="needs a catalogue model"):
         parse_hooks("resid:all")
+
+
+@pytest.mark.real_model
+def test_catalogue_size_of_the_default_model_is_its_weight_count(real_lm):
+    from analysis.gguf_convert import converted_folder
+    from analysis.models import DEFAULT_MODEL, describe
+
+    counted = spec_for(str(converted_folder())).parameters
+    assert CATALOGUE[DEFAULT_MODEL].parameters == counted
+    # The loaded bridge counts ~0.1 % more (its own wrappers' extra tensors); the estimate is for memory,
+    # where 0.5 % is far inside its 10 % margin.
+    assert describe(real_lm)["parameters_millions"] == pytest.approx(counted / 1e6, rel=5e-3)
