@@ -52,7 +52,7 @@ def run(report: dict) -> None:
     from analysis.models import load_model
     from analysis.scale.ray_extract import ExtractJob, extract_corpus, start_local_ray
 
-    lm = load_model()
+    lm = load_model(device=os.environ.get("REPSCOPE_BENCH_DEVICE"))  # python -m bench --device ...
     texts = _texts(N_TEXTS)
     hooks = resid_hooks(lm)
     report["setup"] = {"texts": len(texts), "hooks": len(hooks), "batch_size": BATCH, "shard_size": SHARD,
