@@ -149,21 +149,35 @@ def _hook_paths(lm) -> list[str]:
     return [names[id(lm.model.hook_dict[resid_hook(l)])] for l in range(lm.n_layers)]
 
 
+class _Done(Exception):
+    """Raised by the last layer's hook: every wanted activation is captured."""
+
+
 @torch.inference_mode()
 def module_activations(lm, module: torch.nn.Module, texts: list[str], batch_size: int = 16) -> np.ndarray:
     """Last-token ``resid_post`` of ``texts`` at every layer (l, n, d) in a trained copy ``module`` of ``lm``."""
     paths = _hook_paths(lm)
     captured: dict[int, torch.Tensor] = {}
+    last_layer = len(paths) - 1
+
+    def capture(mod, args, out, l):
+        captured[l] = out.detach()
+        if l == last_layer:  # skip the final norm and the (262k-wide, for Gemma) unembedding
+            raise _Done
+
     handles = [module.get_submodule(p).register_forward_hook(
-        lambda mod, args, out, l=l: captured.__setitem__(l, out.detach())) for l, p in enumerate(paths)]
+        lambda mod, args, out, l=l: capture(mod, args, out, l)) for l, p in enumerate(paths)]
     rows = []
     try:
         for start in range(0, len(texts), batch_size):
             ids, mask = lm.tokenize(texts[start: start + batch_size])
-            if hasattr(module, "hook_dict"):
-                module(ids, attention_mask=mask, return_type=None)
-            else:
-                module(input_ids=ids, attention_mask=mask)
+            try:
+                if hasattr(module, "hook_dict"):
+                    module(ids, attention_mask=mask, return_type=None)
+                else:
+                    module(input_ids=ids, attention_mask=mask)
+            except _Done:
+                pass
             last = mask.sum(1) - 1
             ar = torch.arange(ids.shape[0])
             rows.append(torch.stack([captured[l][ar, last].float().cpu() for l in range(len(paths))]))
