@@ -59,6 +59,7 @@ from analysis.bias.compute import (  # noqa: F401
     sae_view,
     compute_bias,
 )
+from analysis.bias.differential import differential_test  # noqa: F401
 from analysis.bias.frames import summary_frame, layer_frame  # noqa: F401
 from analysis.bias.reading import p_text, verdict, differential_verdict  # noqa: F401
 from analysis.bias.logistic_null import logistic_reference_null  # noqa: F401
@@ -117,6 +118,7 @@ __all__ = [
     "compute_behaviour",
     "compute_bias",
     "differential_null",
+    "differential_test",
     "differential_verdict",
     "effect_size",
     "fill_templates",

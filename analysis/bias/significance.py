@@ -106,24 +106,43 @@ def split_weights(units: np.ndarray, n_first: int, n_draws: int, seed: int, *sal
     return w1, w2
 
 
-def _cos_rows(w: np.ndarray, gram: np.ndarray, q: np.ndarray, u_norm: np.ndarray) -> np.ndarray:
-    """cos(w P, u_j) for each row of ``w`` (b, n) and each fixed vector j: ``q = P u`` (n, j)."""
-    norm = np.sqrt(np.maximum(np.einsum("bn,nm,bm->b", w, gram, w, optimize=True), 0.0))
-    den = norm[:, None] * u_norm[None, :]
-    return np.divide(w @ q, den, out=np.zeros((w.shape[0], q.shape[1])), where=den > 0)
+def _split_cosines(sel: np.ndarray, pooled: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos of both sides' mean vectors with each fixed vector, per layer and draw: two ``(l, b, j)`` arrays.
+
+    ``sel`` (b, n): 1 for texts on the first side; ``pooled`` (l, n, d); ``fixed`` (l, j, d).
+    With ``G = P Pᵀ``: ``‖s P‖² = rowsum((s G) ∘ s)`` and, for the complement,
+    ``‖(1−s) P‖² = 1ᵀG1 − 2 s G1 + sGs`` — one batched matmul for both sides; the
+    permuted vectors are never formed.
+    """
+    gram = pooled @ np.swapaxes(pooled, 1, 2)  # (l, n, n)
+    q = pooled @ np.swapaxes(fixed, 1, 2)  # (l, n, j)
+    k1 = sel.sum(1)
+    k2 = sel.shape[1] - k1
+    s_g = sel[None] @ gram  # (l, b, n)
+    sgs = (s_g * sel[None]).sum(-1)  # (l, b)
+    sg1 = s_g.sum(-1)
+    total = gram.sum((1, 2))[:, None]
+    norm1 = np.sqrt(np.maximum(sgs, 0.0)) / k1
+    norm2 = np.sqrt(np.maximum(total - 2 * sg1 + sgs, 0.0)) / k2
+    sq = sel[None] @ q  # (l, b, j)
+    dot1, dot2 = sq / k1[None, :, None], (q.sum(1)[:, None, :] - sq) / k2[None, :, None]
+    fn = np.linalg.norm(fixed, axis=-1)[:, None, :]
+
+    def cos(dot, norm):
+        den = norm[..., None] * fn
+        return np.divide(dot, den, out=np.zeros_like(dot), where=den > 0)
+
+    return cos(dot1, norm1), cos(dot2, norm2)
 
 
 def reference_null(space: Space, targets, r1: str, r2: str, n_draws: int, seed: int, *,
                    signed: bool = True) -> Float[np.ndarray, "b1 t l"]:
     """Bias(t) under re-partitions of r1 ∪ r2 (row 0: observed), for every target and layer."""
     pooled, units, n_first = _pool(space, r1, r2)
-    w1, w2 = split_weights(units, n_first, n_draws, seed, "refs", r1, r2)
+    w1, _ = split_weights(units, n_first, n_draws, seed, "refs", r1, r2)
     tv = np.stack([space.vector(t) for t in targets], 1)  # (l, t, d)
-    out = np.empty((w1.shape[0], len(targets), pooled.shape[0]))
-    for li in range(pooled.shape[0]):
-        p = pooled[li]
-        gram, q, tn = p @ p.T, p @ tv[li].T, np.linalg.norm(tv[li], axis=-1)
-        out[:, :, li] = _cos_rows(w1, gram, q, tn) - _cos_rows(w2, gram, q, tn)
+    c1, c2 = _split_cosines((w1 > 0).astype(np.float64), pooled, tv)
+    out = np.moveaxis(c1 - c2, 0, -1)  # (b, t, l)
     return out if signed else np.abs(out)
 
 
@@ -131,16 +150,12 @@ def differential_null(space: Space, x: str, y: str, r1: str, r2: str, n_draws: i
                       signed: bool = True) -> Float[np.ndarray, "b1 l"]:
     """Bias(X) − Bias(Y) under re-partitions of X ∪ Y (row 0: observed), per layer."""
     pooled, units, n_first = _pool(space, x, y)
-    wx, wy = split_weights(units, n_first, n_draws, seed, "targets", x, y)
+    wx, _ = split_weights(units, n_first, n_draws, seed, "targets", x, y)
     rv = np.stack([space.vector(r1), space.vector(r2)], 1)  # (l, 2, d)
-    out = np.empty((wx.shape[0], pooled.shape[0]))
-    for li in range(pooled.shape[0]):
-        p = pooled[li]
-        gram, q, rn = p @ p.T, p @ rv[li].T, np.linalg.norm(rv[li], axis=-1)
-        cx, cy = _cos_rows(wx, gram, q, rn), _cos_rows(wy, gram, q, rn)
-        bx, by = cx[:, 0] - cx[:, 1], cy[:, 0] - cy[:, 1]
-        out[:, li] = (bx - by) if signed else (np.abs(bx) - np.abs(by))
-    return out
+    cx, cy = _split_cosines((wx > 0).astype(np.float64), pooled, rv)  # (l, b, 2)
+    bx, by = cx[..., 0] - cx[..., 1], cy[..., 0] - cy[..., 1]
+    out = (bx - by) if signed else (np.abs(bx) - np.abs(by))
+    return out.T
 
 
 def p_two_sided(observed, null: np.ndarray) -> np.ndarray:
@@ -206,13 +221,13 @@ def bootstrap_vectors(space: Space, names, n_draws: int, seed: int) -> tuple[dic
         unit_counts[c] = counts
         w = counts[:, units]
         w /= w.sum(1, keepdims=True)
-        means[c] = np.einsum("bn,lnd->bld", w, x, optimize=True)
+        means[c] = np.moveaxis(w[None] @ x, 0, 1)  # (b, l, d)
         sizes[c] = w.shape[1]
     if space.baseline == "background":
         m = space.background.shape[1]
         draws = seeded_rng(seed, "bias-bootstrap-background").integers(0, m, size=(n_draws, m))
         w = np.stack([np.bincount(row, minlength=m) for row in draws]) / m
-        origin = np.einsum("bm,lmd->bld", w, space.background, optimize=True)
+        origin = np.moveaxis(w[None] @ space.background, 0, 1)
     else:
         total = sum(sizes.values())
         origin = sum(sizes[c] * means[c] for c in names) / total
@@ -236,15 +251,17 @@ def unit_scores(space: Space, c: str, r1v: np.ndarray, r2v: np.ndarray, mask: np
     member = np.zeros((int(units.max()) + 1, len(units)))
     member[units, np.arange(len(units))] = 1
     member /= member.sum(1, keepdims=True)
-    u = np.einsum("un,lnd->uld", member, x)[:, mask]  # (units, l', d)
+    u = np.swapaxes(member[None] @ x[mask], 0, 1)  # (units, l', d)
     r1v, r2v = np.asarray(r1v)[..., mask, :], np.asarray(r2v)[..., mask, :]
     if r1v.ndim == 2:
         return (cosine(u, r1v[None]) - cosine(u, r2v[None])).mean(-1)
     un = np.linalg.norm(u, axis=-1)  # (units, l'): cosines without a (b, units, l', d) copy
 
+    u_l = np.swapaxes(u, 0, 1)  # (l', units, d)
+
     def cos(r):
         den = un[None] * np.linalg.norm(r, axis=-1)[:, None]
-        dots = np.einsum("uld,bld->bul", u, r, optimize=True)
+        dots = np.moveaxis(u_l @ np.moveaxis(r, 0, -1), -1, 0).swapaxes(1, 2)  # (b, units, l')
         return np.divide(dots, den, out=np.zeros_like(dots), where=den > 0)
 
     return (cos(r1v) - cos(r2v)).mean(-1)
