@@ -110,23 +110,33 @@ def likelihood_figure(frame, a: str, b: str) -> go.Figure:
 
 
 def drift_figure(result) -> go.Figure:
-    """Drift per axis over DPO steps with its bootstrap band; flagged points are filled."""
-    fig = go.Figure()
+    """Drift per axis over DPO steps with its bootstrap band: concepts' own CAVs on top, bias axes below.
+
+    Filled markers: the 95% band excludes 0.
+    """
+    kinds = [k for k in ("concept", "bias") if any(kind == k for kind, _ in result.axes)] or ["concept"]
+    titles = {"concept": "along each concept's own CAV", "bias": "along the preset's bias axes (target texts)"}
+    fig = make_subplots(rows=len(kinds), cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[titles[k] for k in kinds])
+    steps = list(result.steps)
     for i, (kind, name) in enumerate(result.axes):
+        row = kinds.index(kind) + 1
         color = QUALITATIVE[i % len(QUALITATIVE)]
-        steps = list(result.steps)
         fig.add_trace(go.Scatter(x=steps + steps[::-1], y=list(result.high[i]) + list(result.low[i])[::-1],
-                                 fill="toself", line=dict(width=0), fillcolor=color, opacity=0.15,
-                                 hoverinfo="skip", showlegend=False, legendgroup=name))
+                                 mode="lines", fill="toself", line={"width": 0}, fillcolor=color, opacity=0.15,
+                                 hoverinfo="skip", showlegend=False, legendgroup=name), row, 1)
+        flagged = list(result.flagged[i])
         fig.add_trace(go.Scatter(
             x=steps, y=result.drift[i], mode="lines+markers", name=_pretty(name), legendgroup=name,
-            line=dict(color=color, dash="solid" if kind == "concept" else "dash"),
-            marker=dict(size=[11 if f else 6 for f in result.flagged[i]], symbol=["circle" if f else "circle-open" for f in result.flagged[i]]),
-            hovertemplate=f"{_pretty(name)}<br>step %{{x}}<br>drift %{{y:.4f}}<extra></extra>"))
-    fig.add_hline(y=0, line=dict(color="#888", dash="dot"))
-    fig.update_layout(title="Concept drift during DPO (filled: 95% band excludes 0; dashed: bias axes)",
-                      xaxis_title="DPO step", yaxis_title="drift (units of the concept's separation)",
-                      xaxis=dict(dtick=1), legend=dict(orientation="h", y=-0.25))
+            line={"color": color}, customdata=np.stack([result.low[i], result.high[i]], -1),
+            marker={"size": [11 if f else 7 for f in flagged], "symbol": ["circle" if f else "circle-open" for f in flagged]},
+            hovertemplate=f"{_pretty(name)}<br>step %{{x}}<br>drift %{{y:.4f}}"
+                          "<br>band [%{customdata[0]:.4f}, %{customdata[1]:.4f}]<extra></extra>"), row, 1)
+        fig.add_hline(y=0, line={"color": "#888", "dash": "dot"}, row=row, col=1)
+    fig.update_yaxes(title_text="drift (× separation)")
+    fig.update_xaxes(title_text="DPO step", dtick=1, row=len(kinds), col=1)
+    fig.update_layout(title="Concept drift during DPO (filled: 95% band excludes 0)",
+                      height=380 * len(kinds) + 120, legend={"orientation": "h", "y": -0.12})
     return apply_theme(fig)
 
 
