@@ -3,9 +3,8 @@
 Each re-partition of r1 ∪ r2 (units kept together, as in ``analysis.bias.significance``)
 refits both references' logistic CAVs per layer (``analysis.concepts.fit_logistic``,
 positives vs as many seeded background texts), so it costs
-``n_permutations × 2 × layers`` fits: ~30–60 ms each on 2 cores for Gemma-3-270M
-(``bench/bench_bias.py``), i.e. about half an hour for 1,000 permutations of a
-preset. Mean-difference vectors make the same test closed-form; that is the default.
+``n_permutations × 2 × layers`` fits: 80–120 ms each on 2 loaded cores for
+Gemma-3-270M (``bench/bench_bias.py``), i.e. about an hour for 1,000 permutations. Mean-difference vectors make the same test closed-form; that is the default.
 """
 
 from __future__ import annotations

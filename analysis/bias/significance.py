@@ -38,6 +38,16 @@ from analysis.sampling import rng as seeded_rng
 from analysis.vectors import cosine
 
 BASELINES = ("background", "contrast")
+
+
+def _rows_times(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w @ x[l]`` for every layer as one flat BLAS matmul: ``(b, n) × (l, n, k) → (l, b, k)``.
+
+    (A broadcast ``w[None] @ x`` loops over layers in numpy and is ~8× slower here.)
+    """
+    n_l, n, k = x.shape
+    flat = w @ np.ascontiguousarray(np.swapaxes(x, 0, 1)).reshape(n, n_l * k)
+    return np.swapaxes(flat.reshape(w.shape[0], n_l, k), 0, 1)
 SD_FLOOR = 1e-6  # relative to the layer's median background sd: a constant dimension is not divided by ~0
 
 
@@ -118,13 +128,13 @@ def _split_cosines(sel: np.ndarray, pooled: np.ndarray, fixed: np.ndarray) -> tu
     q = pooled @ np.swapaxes(fixed, 1, 2)  # (l, n, j)
     k1 = sel.sum(1)
     k2 = sel.shape[1] - k1
-    s_g = sel[None] @ gram  # (l, b, n)
+    s_g = _rows_times(sel, gram)  # (l, b, n)
     sgs = (s_g * sel[None]).sum(-1)  # (l, b)
     sg1 = s_g.sum(-1)
     total = gram.sum((1, 2))[:, None]
     norm1 = np.sqrt(np.maximum(sgs, 0.0)) / k1
     norm2 = np.sqrt(np.maximum(total - 2 * sg1 + sgs, 0.0)) / k2
-    sq = sel[None] @ q  # (l, b, j)
+    sq = _rows_times(sel, q)  # (l, b, j)
     dot1, dot2 = sq / k1[None, :, None], (q.sum(1)[:, None, :] - sq) / k2[None, :, None]
     fn = np.linalg.norm(fixed, axis=-1)[:, None, :]
 
@@ -221,13 +231,13 @@ def bootstrap_vectors(space: Space, names, n_draws: int, seed: int) -> tuple[dic
         unit_counts[c] = counts
         w = counts[:, units]
         w /= w.sum(1, keepdims=True)
-        means[c] = np.moveaxis(w[None] @ x, 0, 1)  # (b, l, d)
+        means[c] = np.swapaxes(_rows_times(w, x), 0, 1)  # (b, l, d)
         sizes[c] = w.shape[1]
     if space.baseline == "background":
         m = space.background.shape[1]
         draws = seeded_rng(seed, "bias-bootstrap-background").integers(0, m, size=(n_draws, m))
         w = np.stack([np.bincount(row, minlength=m) for row in draws]) / m
-        origin = np.moveaxis(w[None] @ space.background, 0, 1)
+        origin = np.swapaxes(_rows_times(w, space.background), 0, 1)
     else:
         total = sum(sizes.values())
         origin = sum(sizes[c] * means[c] for c in names) / total
@@ -251,7 +261,7 @@ def unit_scores(space: Space, c: str, r1v: np.ndarray, r2v: np.ndarray, mask: np
     member = np.zeros((int(units.max()) + 1, len(units)))
     member[units, np.arange(len(units))] = 1
     member /= member.sum(1, keepdims=True)
-    u = np.swapaxes(member[None] @ x[mask], 0, 1)  # (units, l', d)
+    u = np.swapaxes(_rows_times(member, x[mask]), 0, 1)  # (units, l', d)
     r1v, r2v = np.asarray(r1v)[..., mask, :], np.asarray(r2v)[..., mask, :]
     if r1v.ndim == 2:
         return (cosine(u, r1v[None]) - cosine(u, r2v[None])).mean(-1)
