@@ -3,7 +3,9 @@
 Each ``bench/bench_*.py`` module has ``run(report: dict)`` filling its own
 section. Ratios are against a plain transformers baseline measured in the same
 run, on the same machine, so they are comparable across machines; absolute
-times are not. ``python -m bench foundation steering`` runs a subset.
+times are not. ``python -m bench foundation steering`` runs a subset;
+``--device cuda`` (or cpu) picks the device of the suites that load a model
+(default: the models module's choice, cuda > mps > cpu).
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 def main(argv: list[str]) -> int:
     import torch
 
+    argv = list(argv)
+    if "--device" in argv:
+        i = argv.index("--device")
+        if i + 1 >= len(argv):
+            print("--device needs a value: cpu, cuda, cuda:N or mps", file=sys.stderr)
+            return 2
+        from analysis.models import pick_device
+
+        try:
+            os.environ["REPSCOPE_BENCH_DEVICE"] = pick_device(argv[i + 1])
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+        del argv[i: i + 2]
     chosen = argv or list(SUITES)
     unknown = [s for s in chosen if s not in SUITES]
     if unknown:
@@ -37,6 +53,7 @@ def main(argv: list[str]) -> int:
             "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "device": os.environ.get("REPSCOPE_BENCH_DEVICE", "auto"),
         },
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -43,7 +43,7 @@ def run(report: dict) -> None:
     from analysis.models import load_model
 
     rss0 = _rss_mb()
-    lm = load_model()
+    lm = load_model(device=os.environ.get("REPSCOPE_BENCH_DEVICE"))
     report["load_seconds_bridge"] = round(lm.load_seconds, 2)
     report["rss_after_bridge_mb"] = round(_rss_mb() - rss0)
     texts = _texts()
@@ -51,7 +51,7 @@ def run(report: dict) -> None:
     n_tokens = int(mask.sum())
     report["batch"] = {"texts": len(texts), "real_tokens": n_tokens, "padded_shape": list(ids.shape)}
 
-    hf = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=torch.float32).eval().to(lm.device)
 
     def baseline():
         with torch.inference_mode():
@@ -73,7 +73,7 @@ def run(report: dict) -> None:
 
     # Backend comparison (the reason the bridge is the default).
     rss1 = _rss_mb()
-    hooked = load_model(backend="hooked")
+    hooked = load_model(backend="hooked", device=os.environ.get("REPSCOPE_BENCH_DEVICE"))
     report["load_seconds_hooked"] = round(hooked.load_seconds, 2)
     report["rss_after_hooked_mb"] = round(_rss_mb() - rss1)
 
@@ -89,7 +89,7 @@ def run(report: dict) -> None:
     # Exactness oracle: transformers with eager attention (the bridge runs eager;
     # sdpa reorders float sums and differs by ~1e-3 from both backends).
     eager = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+                                                 attn_implementation="eager").eval().to(lm.device)
     one = ids[:1, : int(mask[0].sum())]
     diffs = {}
     with torch.inference_mode():
@@ -115,13 +115,41 @@ def run(report: dict) -> None:
     except ModuleNotFoundError:
         report["live_inspection"] = "analysis.inspection.lens not present"
     else:
-        prompt = "The old lighthouse keeper climbed the stairs every evening to light the lamp for ships"
-        n = len(lm.tokenizer(prompt)["input_ids"])
-        t = median_time(lambda: inspect_prompt(lm, prompt), reps=5)
-        report["live_inspection"] = {"prompt_tokens": n, "warm_latency_s": round(t, 3)}
+        report["live_inspection"] = live_inspection(lm)
 
     report["app_cold_start"] = _app_cold_start()
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+PROMPT = "The old lighthouse keeper climbed the stairs every evening to light the lamp for ships"
+
+
+def live_inspection(lm) -> dict:
+    """First figure (forward: norms, attention, next token), all four (+ fused lens), and the lens
+    against the fp32 matmul roofline of the same shape (rows × d_model × vocab), measured here."""
+    from analysis.inspection.lens import _logit_lens, _unembedding, add_lens, inspect_prompt
+
+    n = len(lm.tokenizer(PROMPT)["input_ids"])
+    t_first = median_time(lambda: inspect_prompt(lm, PROMPT, lens=False), reps=5)
+    t_all = median_time(lambda: inspect_prompt(lm, PROMPT), reps=5)
+    base = inspect_prompt(lm, PROMPT, lens=False)
+    t_lens = median_time(lambda: add_lens(lm, base), reps=5)
+    model = lm.model
+    W, _, _ = _unembedding(model)
+    rows = lm.n_layers * n
+    h = torch.randn(rows, W.shape[1], device=W.device)
+    t_mm = median_time(lambda: h @ W.T, reps=5)
+    flops = 2 * rows * W.shape[1] * W.shape[0]
+    resid = torch.as_tensor(base.resid)
+    ids = torch.as_tensor(base.token_ids)
+    with torch.inference_mode():
+        t_kernel = median_time(lambda: _logit_lens(model, resid, ids, 10), reps=5)
+    return {
+        "prompt_tokens": n, "first_figure_s": round(t_first, 3), "warm_latency_s": round(t_all, 3),
+        "lens_s": round(t_lens, 3), "lens_kernel_s": round(t_kernel, 3),
+        "matmul_floor_s": round(t_mm, 3), "matmul_gflops": round(flops / t_mm / 1e9, 1),
+        "lens_gflop": round(flops / 1e9, 1), "lens_fraction_of_roofline": round(t_mm / t_kernel, 2),
+    }
 
 
 def _free_port() -> int:

@@ -268,16 +268,15 @@ def fused_lens(
     """Softmax statistics of ``h @ Wᵀ`` in ONE pass over vocabulary chunks.
 
     Per row: top-k probabilities and ids, the probability of token ``nxt`` and its
-    1-based rank (1 + #tokens with a larger logit), from a running max and sum of
-    exponentials (online logsumexp); the (rows × vocab) logits never exist at once
+    1-based rank (1 + #tokens with a larger logit), from a running logsumexp
+    (combined per chunk with logaddexp); the (rows × vocab) logits never exist at once
     and nothing is unembedded twice.
     """
     rows = h.shape[0]
     vocab = W.shape[0]
     dev = h.device
     h = h.float()
-    run_max = torch.full((rows,), -torch.inf, device=dev)
-    run_sum = torch.zeros(rows, device=dev)
+    run_lse = torch.full((rows,), -torch.inf, device=dev)
     top_v = torch.full((rows, top_k), -torch.inf, device=dev)
     top_i = torch.zeros((rows, top_k), dtype=torch.long, device=dev)
     # the observed token's logit, for the rank threshold (its own column is excluded below)
@@ -296,19 +295,18 @@ def fused_lens(
         if softcap:
             z = softcap * torch.tanh(z / softcap)
         width = z.shape[1]
-        cmax = z.amax(-1)
-        new_max = torch.maximum(run_max, cmax)
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(-1)
-        run_max = new_max
-        above = z > obs[:, None]
+        # the chunk's logsumexp through log_softmax (a vectorised kernel, ~5x torch.logsumexp on CPU)
+        chunk_lse = z[:, 0] - torch.log_softmax(z, dim=-1)[:, 0]
+        run_lse = torch.logaddexp(run_lse, chunk_lse)
+        above = torch.gt(z, obs[:, None])
         inside = (nxt >= v0) & (nxt < v0 + width)
         col = (nxt - v0).clamp(0, width - 1)
-        greater += above.sum(-1) - (above[ar, col] & inside).long()
+        greater += above.sum(-1, dtype=torch.int64) - (above[ar, col] & inside).long()
         obs_z = torch.where(inside, z[ar, col], obs_z)
         v, i = z.topk(min(top_k, width), dim=-1)
         top_v, pick = torch.cat([top_v, v], -1).topk(top_k, dim=-1)
         top_i = torch.cat([top_i, i + v0], -1).gather(-1, pick)
-    lse = run_max + torch.log(run_sum)
+    lse = run_lse
     return {"top_probs": torch.exp(top_v - lse[:, None]), "top_ids": top_i,
             "observed_prob": torch.exp(obs_z - lse), "observed_rank": greater + 1}
 
