@@ -26,15 +26,13 @@ def verdict(result, ti: int) -> str:
     n_t, n_l = len(result.targets), len(result.layers)
     words = p_text(p, result.n_permutations)
     if n_t > 1:
-        words += f", Holm over {n_t} targets {p_text(result.p_holm[ti], result.n_permutations)[2:]}"
+        words += f" (Holm over {n_t} targets: {p_text(result.p_holm[ti], result.n_permutations)[2:].strip('= ')})"
     n_surv = int(result.surviving[ti].sum())
     family = f"{n_l} layers" if n_t == 1 else f"{n_l} layers × {n_t} targets"
     if result.p_holm[ti] < alpha:
-        words += f"; significant, {n_surv} of {n_l} layers survive correction over {family}"
-    else:
-        words += (f"; not significant: the test would detect |Bias| ≥ {result.minimum_detectable[ti]:.3f} "
-                  f"(80 % power), {n_surv} of {n_l} layers survive correction over {family}")
-    return words
+        return f"{words}: significant; {n_surv} of {n_l} layers survive correction over {family}"
+    return (f"{words}: not significant (detectable |Bias| ≥ {result.minimum_detectable[ti]:.3f} at 80 % power); "
+            f"{n_surv} of {n_l} layers survive correction")
 
 
 def differential_verdict(diff, alpha: float = 0.05) -> str:
@@ -45,6 +43,6 @@ def differential_verdict(diff, alpha: float = 0.05) -> str:
     n_surv = int(np.sum(np.nan_to_num(diff.layer_p_adjusted, nan=1.0) < alpha))
     n_l = len(diff.layer_p)
     if diff.p_value < alpha:
-        return f"{head}; significant, {n_surv} of {n_l} layers survive correction over {n_l} layers"
-    return (f"{head}; not significant: the test would detect |effect| ≥ {diff.minimum_detectable:.3f} "
-            f"(80 % power); {n_surv} of {n_l} layers survive correction over {n_l} layers")
+        return f"{head}: significant; {n_surv} of {n_l} layers survive correction over {n_l} layers"
+    return (f"{head}: not significant (detectable |effect| ≥ {diff.minimum_detectable:.3f} at 80 % power); "
+            f"{n_surv} of {n_l} layers survive correction")
