@@ -78,6 +78,12 @@ def _bias(args) -> int:
     formats = _formats(args.formats)
     config, template_set = config_from_args(args)
     templates = load_templates(template_set)  # fail on a bad name before loading the model
+    from analysis.concepts import load_concepts
+
+    known = load_concepts()
+    missing = [c for c in config.concepts if c not in known]
+    if missing:
+        raise ValueError(f"unknown concepts {missing}; available concepts are {sorted(known)}")
     lm = load_from_args(args)
 
     def progress(f: float, msg: str) -> None:
