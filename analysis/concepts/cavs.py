@@ -6,11 +6,13 @@ Follows METHODS §1 (TCAV, Kim et al. 2018; BiasLens step 1):
   (with ``seed``) to the concept's size so the classes are balanced;
 * activation: ``resid_post[l]`` at the last real token (or the token mean);
 * per layer a linear classifier is fitted by a fitter from ``FITTERS``:
-  ``logistic`` (scikit-learn L2 ``LogisticRegression``, the paper's choice) or
-  ``mean_diff`` (mean positive − mean negative, threshold at the midpoint);
-  CAV = weight vector / its norm;
+  ``logistic`` (L2 logistic regression with scikit-learn's ``LogisticRegression(C)``
+  objective, the paper's choice, solved for every layer, fold and random split
+  at once by :mod:`analysis.concepts.logistic`) or ``mean_diff`` (mean positive −
+  mean negative, threshold at the midpoint); CAV = weight vector / its norm;
 * accuracy: mean held-out accuracy over ``StratifiedKFold(n_folds, shuffle,
-  random_state=seed)``; for ``logistic`` it equals sklearn's ``cross_val_score``;
+  random_state=seed)``; for ``logistic`` it equals sklearn's ``cross_val_score``
+  where sklearn converges (its default tol=1e-4 stops short on large-norm layers);
 * significance: ``n_random`` fake concepts, each a random half of the background
   (same size as the concept) against the other half, scored the same way, give
   a null accuracy distribution per layer. ``p_value = (1 + #{null ≥ acc}) /
