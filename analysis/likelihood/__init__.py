@@ -76,10 +76,7 @@ from analysis.likelihood.training import (  # noqa: F401
     forward_positions,
     forward_logprobs,
 )
-from analysis.likelihood.dpo import (  # noqa: F401
-    check_memory,
-    watch_token_ids,
-    trainable_copy,
+from analysis.likelihood.dpo_results import (  # noqa: F401
     DPORun,
     DPOResult,
     history_frame,
@@ -87,9 +84,14 @@ from analysis.likelihood.dpo import (  # noqa: F401
     trajectory_frame,
     summary_frame,
     gainers_frame,
+    compare_indicators,
+)
+from analysis.likelihood.dpo import (  # noqa: F401
+    check_memory,
+    watch_token_ids,
+    trainable_copy,
     run_plan,
     run_dpo,
-    compare_indicators,
 )
 from analysis.likelihood.checkpoints import (  # noqa: F401
     CheckpointInfo,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.likelihood.ches import LikelihoodConfig, rank_pairs
-from analysis.likelihood.dpo import (
-    discovery_frame, gainers_frame, history_frame, run_dpo, trajectory_frame,
-)
+from analysis.likelihood.dpo import run_dpo
+from analysis.likelihood.dpo_results import discovery_frame, gainers_frame, history_frame, trajectory_frame
 from analysis.likelihood.dpo_config import DPOConfig
 from analysis.likelihood.figures import (
     ches_histogram_figure, ches_similarity_figure, dpo_curves_figure, dpo_gainers_figure, dpo_indicators_figure,
