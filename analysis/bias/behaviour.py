@@ -65,40 +65,61 @@ def word_token_ids(tokenizer, words) -> list[tuple[int, ...]]:
     return ids
 
 
+def _logits_at(lm, seqs, positions) -> torch.Tensor:
+    """Logits ``(b, k, vocab)`` at ``positions`` (b, k) of right-padded ``seqs``; a hook on
+    ``ln_final.hook_normalized`` keeps only those positions, so the unembedding (262k wide for
+    Gemma) runs on them alone."""
+    from analysis.logprobs import pad_right
+
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids, mask = pad_right(seqs, pad)
+    rows = torch.arange(ids.shape[0])[:, None]
+    name = "ln_final.hook_normalized"
+    if name in lm.model.hook_dict:
+        with lm.hooked([(name, lambda h, hook: h[rows, positions])]) as model:
+            return model(ids, attention_mask=mask)
+    with lm.locked() as model:
+        return model(ids, attention_mask=mask)[rows, positions]
+
+
 @torch.inference_mode()
 def word_logprobs(lm, prompts: list[str], words, *, batch_size: int = 64) -> Float[np.ndarray, "n k"]:
     """log p(" word" | prompt): the sum of the word's token log-probs, for every prompt × word.
 
     Tokenised by ``analysis.logprobs.encode`` (prompt with BOS, word without special tokens).
-    A hook on ``ln_final.hook_normalized`` keeps only the positions that predict a word token,
-    so the unembedding (262k wide for Gemma) runs on those positions alone.
+    One pass over the prompts scores every single-token word at the last position; only
+    multi-token words need a pass over prompt + word.
     """
-    from analysis.logprobs import encode, pad_right, target_logprobs
+    from analysis.logprobs import encode, target_logprobs
 
-    pairs = [(p, " " + w) for p in prompts for w in words]
-    enc = encode(lm.tokenizer, [p for p, _ in pairs], [w for _, w in pairs])
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    out = np.zeros(len(pairs))
-    name = "ln_final.hook_normalized"
-    for start in range(0, len(pairs), batch_size):
-        sl = slice(start, start + batch_size)
-        ids, mask = pad_right(enc.ids[sl], pad)
-        n_x, n_y = enc.n_prompt[sl], enc.n_response[sl]
-        width = int(n_y.max())
-        pos = torch.as_tensor(n_x - 1)[:, None] + torch.arange(width)[None, :]
-        pos = pos.clamp(max=ids.shape[1] - 2)
-        rows = torch.arange(ids.shape[0])[:, None]
-        targets = ids[rows, pos + 1]
-        keep = torch.arange(width)[None, :] < torch.as_tensor(n_y)[:, None]
-        if name in lm.model.hook_dict:
-            with lm.hooked([(name, lambda h, hook: h[rows, pos])]) as model:
-                logits = model(ids, attention_mask=mask)
-        else:
-            with lm.locked() as model:
-                logits = model(ids, attention_mask=mask)[rows, pos]
-        lp = target_logprobs(logits, targets) * keep
-        out[sl] = lp.sum(1).double().cpu().numpy()
-    return out.reshape(len(prompts), len(words))
+    tok_ids = word_token_ids(lm.tokenizer, words)
+    out = np.zeros((len(prompts), len(words)))
+    single = [j for j, t in enumerate(tok_ids) if len(t) == 1]
+    multi = [j for j, t in enumerate(tok_ids) if len(t) > 1]
+    if single:
+        prompt_ids = [tuple(lm.tokenizer(p)["input_ids"]) for p in prompts]
+        first = torch.tensor([tok_ids[j][0] for j in single])
+        for start in range(0, len(prompts), batch_size):
+            seqs = prompt_ids[start:start + batch_size]
+            last = torch.tensor([len(s) - 1 for s in seqs])[:, None]
+            logits = _logits_at(lm, seqs, last)[:, 0].float()  # (b, vocab)
+            lp = logits[:, first] - torch.logsumexp(logits, -1, keepdim=True)
+            out[start:start + len(seqs), single] = lp.double().cpu().numpy()
+    pairs = [(i, j) for i in range(len(prompts)) for j in multi]
+    if pairs:
+        enc = encode(lm.tokenizer, [prompts[i] for i, _ in pairs], [" " + words[j] for _, j in pairs])
+        for start in range(0, len(pairs), batch_size):
+            sl = slice(start, start + batch_size)
+            seqs, n_x, n_y = enc.ids[sl], enc.n_prompt[sl], enc.n_response[sl]
+            width = int(n_y.max())
+            pos = (torch.as_tensor(n_x - 1)[:, None] + torch.arange(width)[None, :])
+            pos = torch.minimum(pos, torch.as_tensor([len(s) - 2 for s in seqs])[:, None])
+            targets = torch.stack([torch.as_tensor(s)[p + 1] for s, p in zip(seqs, pos)])
+            keep = torch.arange(width)[None, :] < torch.as_tensor(n_y)[:, None]
+            lp = target_logprobs(_logits_at(lm, seqs, pos), targets) * keep
+            for (i, j), v in zip(pairs[sl], lp.sum(1).double().cpu().numpy()):
+                out[i, j] = v
+    return out
 
 
 def aggregate_words(logp: Float[np.ndarray, "n k"], how: str) -> Float[np.ndarray, " n"]:
