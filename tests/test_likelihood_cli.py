@@ -73,5 +73,5 @@ def test_ches_command_filters_and_writes_geometry(tiny_cli, tmp_path):
     assert sorted(p.prompt for p in kept.pairs) == sorted(lowest["prompt"])
     geo = pd.read_csv(tmp_path / "mixed_pairs.token_geometry.csv")
     assert len(geo) == 120 and {"inner", "proj_coeff", "orth_norm", "may_displace"} <= set(geo.columns)
-    assert main(["ches", "mixed_pairs", "--out", str(tmp_path), "--filter", "window", "--window", "5"]) == 0
-    assert len(parse_preferences("k.jsonl", (tmp_path / "mixed_pairs.ches_window.jsonl").read_bytes())) == 5
+    assert main(["ches", "displacement_demo", "--out", str(tmp_path), "--filter", "window", "--window", "5"]) == 0
+    assert len(parse_preferences("k.jsonl", (tmp_path / "displacement_demo.ches_window.jsonl").read_bytes())) == 5
