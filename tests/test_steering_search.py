@@ -86,14 +86,20 @@ def test_search_finds_the_layer_with_a_planted_steerable_direction(lm64, planted
                                np.tile(cfg.strengths, (lm64.n_layers, 1)), rtol=1e-12)
 
 
-def test_budget_rule_excludes_cells_over_budget_and_ratio_rule():
+def test_budget_rule_interpolates_gain_at_the_budget_and_ratio_rule():
+    from analysis.steering import RULES
+
     gain = np.array([[1.0, 5.0], [2.0, 3.0]])
     cost = np.array([[0.1, 0.9], [0.2, 0.3]])
-    cfg = SearchConfig(loss_budget=0.5)
-    # layer 0: 5.0 costs 0.9 > budget, so its score is 1.0; layer 1: 3.0 within budget
-    np.testing.assert_allclose(layer_scores(gain, cost, cfg), [1.0, 3.0])
-    np.testing.assert_allclose(layer_scores(gain, np.full((2, 2), 9.0), cfg), [0.0, 0.0])  # nothing fits
-    ratio = SearchConfig(rule="ratio", ratio_floor=0.05)
+    cfg = SearchConfig(loss_budget=0.5, strengths=(1.0, 2.0))
+    # layer 0: (0.1, 1) within budget; segment (0.1, 1)-(0.9, 5) crosses 0.5 at gain 1 + 4 * 0.4 / 0.8 = 3
+    # layer 1: both cells within budget, best 3.0; nothing is extrapolated past cost 0.3
+    np.testing.assert_allclose(layer_scores(gain, cost, cfg), [3.0, 3.0])
+    _, strength = RULES["budget"](gain, cost, cfg)
+    np.testing.assert_allclose(strength, [1.5, 2.0])
+    # every cell over budget: the first segment from the origin, 1 * 0.5 / 9 and 2 * 0.5 / 9
+    np.testing.assert_allclose(layer_scores(gain, np.full((2, 2), 9.0), cfg), [0.5 / 9, 1.0 / 9])
+    ratio = SearchConfig(rule="ratio", ratio_floor=0.05, strengths=(1.0, 2.0))
     np.testing.assert_allclose(layer_scores(gain, cost, ratio), [10.0, 10.0])
     np.testing.assert_allclose(layer_scores(gain, np.zeros((2, 2)), ratio), [100.0, 60.0])  # floor
     with pytest.raises(ValueError, match="budget"):
@@ -116,6 +122,10 @@ def test_default_build_runs_the_behavioural_search_on_held_out_train_pairs(tiny_
     summary = vec.meta["search"]
     assert summary["n_val_pairs"] == 2 and summary["n_fit_pairs"] == 6 and not summary["in_sample"]
     assert vec.layers == (search.best,) and len(summary["scores"]) == 1  # first half of 3 layers
+    from analysis.steering.figures import search_figure
+
+    fig = search_figure(search)
+    assert sum("chosen: layer" in (t.name or "") for t in fig.data) == 2 and len(fig.data) == 4
 
 
 def test_search_can_be_stopped_and_keeps_finished_layers(lm64):

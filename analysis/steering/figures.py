@@ -43,6 +43,7 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
     strengths = [f"{s:g}" for s in search.strengths]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
                         subplot_titles=("gap gain (nats), validation pairs", "background-loss increase (nats/token)"))
+    near = f"{search.strengths[int(np.argmin(np.abs(search.strengths - search.best_strength)))]:g}"
     for col, (z, sem, scale, name) in enumerate(((search.gain, search.gain_sem, "RdBu", "gain"),
                                                  (search.cost, search.cost_sem, "Oranges", "cost")), start=1):
         text = [[f"{v:.2f}" if np.isfinite(v) else "" for v in row] for row in z]
@@ -54,9 +55,9 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
                           "<br>α = %{customdata[1]:.3g}<extra></extra>",
         ), row=1, col=col)
         fig.add_trace(go.Scatter(
-            x=[str(search.best)], y=[f"{search.best_strength:g}"], mode="markers", showlegend=col == 1,
+            x=[str(search.best)], y=[near], mode="markers", showlegend=col == 1,
             marker=dict(symbol="star", size=18, color="#ffd400", line=dict(color="#000000", width=1)),
-            name=f"chosen: layer {search.best}, strength {search.best_strength:g}",
+            name=f"chosen: layer {search.best}, strength {search.best_strength:.3g} (nearest cell starred)",
         ), row=1, col=col)
     fig.update_xaxes(title_text="layer", type="category")
     fig.update_yaxes(title_text="strength (× mean residual norm)", type="category", row=1, col=1)

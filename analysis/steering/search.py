@@ -11,9 +11,13 @@ residual norm, so layers are comparable), add ``α_l(s) · v_l`` with
 
 Rules (:data:`RULES`, chosen by name):
 
-* ``budget`` (default): score_l = the largest gain among strengths whose cost is
-  ≤ ``loss_budget``; 0 if none is. "How far can this layer move the behaviour
-  before it costs more than the budget of language-modelling loss."
+* ``budget`` (default): score_l = the gain at cost = ``loss_budget`` on the
+  piecewise-linear (cost, gain) curve through (0, 0) in strength order (cells
+  within budget count as they are; no extrapolation past the largest cost).
+  "How far does this layer move the behaviour for a fixed amount of damage to
+  language modelling." Interpolating matters: on Gemma-3-270M every measured
+  cell exceeds 0.25 nats/token, and a plain "best cell within budget" rule
+  then ties every layer at 0.
 * ``ratio``: score_l = max_s gain / max(cost, ``ratio_floor``): gain per nat of
   damage; the floor keeps near-zero costs from dominating.
 
@@ -41,19 +45,39 @@ from analysis.sampling import subsample_indices
 from analysis.steering.forward import mean_sem, prepare_batch, score_batch
 
 
-def _budget(gain: np.ndarray, cost: np.ndarray, cfg: "SearchConfig") -> np.ndarray:
-    """Cell values of the budget rule: the gain where the cost is within budget, −inf elsewhere."""
-    return np.where(cost <= cfg.loss_budget, gain, -np.inf)
+def _budget(gain: np.ndarray, cost: np.ndarray, cfg: "SearchConfig") -> tuple[np.ndarray, np.ndarray]:
+    """Gain at cost = budget on the piecewise-linear (cost, gain) curve through α = 0 (cost 0, gain 0).
+
+    Points are taken in strength order; the score is the best gain among points within budget
+    and the interpolated gain where a segment crosses the budget (never extrapolated). Returns
+    per layer (score, strength) with the strength interpolated the same way.
+    """
+    strengths = np.asarray(cfg.strengths, dtype=np.float64)
+    scores, where = np.full(gain.shape[0], -np.inf), np.full(gain.shape[0], np.nan)
+    for i in range(gain.shape[0]):
+        pts = [(0.0, 0.0, 0.0)] + [(float(cost[i, j]), float(gain[i, j]), float(strengths[j]))
+                                   for j in range(len(strengths)) if np.isfinite(gain[i, j]) and np.isfinite(cost[i, j])]
+        cands = [(g, st) for c, g, st in pts[1:] if c <= cfg.loss_budget]
+        for (c0, g0, s0), (c1, g1, s1) in zip(pts, pts[1:]):
+            if c0 <= cfg.loss_budget < c1:
+                t = (cfg.loss_budget - c0) / (c1 - c0)
+                cands.append((g0 + t * (g1 - g0), s0 + t * (s1 - s0)))
+        if len(pts) > 1 and cands:
+            scores[i], where[i] = max(cands)
+    return scores, where
 
 
-def _ratio(gain: np.ndarray, cost: np.ndarray, cfg: "SearchConfig") -> np.ndarray:
-    """Cell values of the ratio rule: gain per nat/token of loss increase, the cost floored."""
-    return gain / np.maximum(cost, cfg.ratio_floor)
+def _ratio(gain: np.ndarray, cost: np.ndarray, cfg: "SearchConfig") -> tuple[np.ndarray, np.ndarray]:
+    """Best gain per nat/token of loss increase (cost floored at ``ratio_floor``) and its strength."""
+    cells = gain / np.maximum(cost, cfg.ratio_floor)
+    cells = np.where(np.isfinite(cells), cells, -np.inf)
+    j = np.argmax(cells, 1)
+    return cells[np.arange(len(j)), j], np.asarray(cfg.strengths, dtype=np.float64)[j]
 
 
-RULES: dict[str, Callable[[np.ndarray, np.ndarray, "SearchConfig"], np.ndarray]] = {"budget": _budget, "ratio": _ratio}
+RULES: dict[str, Callable[[np.ndarray, np.ndarray, "SearchConfig"], tuple[np.ndarray, np.ndarray]]] = {"budget": _budget, "ratio": _ratio}
 RULE_TEXT = {
-    "budget": "largest held-out gap gain whose background-loss increase is within the loss budget",
+    "budget": "held-out gap gain at a fixed background-loss increase (the budget), interpolated along α",
     "ratio": "held-out gap gain per nat/token of background-loss increase (cost floored)",
 }
 DEFAULT_STRENGTHS = (0.25, 0.5, 1.0)
@@ -131,15 +155,16 @@ class BehaviouralSearch:
 
     @property
     def best_strength(self) -> float:
+        """Strength of the chosen cell (interpolated for the budget rule)."""
         i = list(self.layers).index(self.best)
-        cell = RULES[self.rule](self.gain[i], self.cost[i], self.config)
-        cell = np.where(np.isfinite(cell), cell, -np.inf)
-        return float(self.strengths[int(np.argmax(cell))])
+        return float(RULES[self.rule](self.gain, self.cost, self.config)[1][i])
 
     @property
     def best_alpha(self) -> float:
+        """Raw multiplier of v at the chosen cell: strength × mean‖resid‖ / ‖v‖ of the chosen layer."""
         i = list(self.layers).index(self.best)
-        return float(self.alphas[i, list(self.strengths).index(self.best_strength)])
+        per_unit = self.alphas[i, 0] / self.strengths[0] if self.strengths[0] else float("nan")
+        return float(self.best_strength * per_unit)
 
     @property
     def degenerate(self) -> bool:
@@ -165,14 +190,10 @@ def _clean(a) -> list:
 
 
 def layer_scores(gain: np.ndarray, cost: np.ndarray, config: SearchConfig) -> np.ndarray:
-    """score_l from the (L, S) gain and cost tables under ``config.rule``; budget rule: 0 if nothing fits."""
-    cells = RULES[config.rule](gain, cost, config)
-    cells = np.where(np.isnan(gain) | np.isnan(cost), -np.inf, cells)
-    best = cells.max(1)
-    if config.rule == "budget":
-        best = np.where(np.isfinite(best), best, 0.0)
+    """score_l from the (L, S) gain and cost tables under ``config.rule``; NaN for layers not run."""
+    scores = RULES[config.rule](gain, cost, config)[0]
     run = ~np.all(np.isnan(gain), 1)
-    return np.where(run, best, np.nan)
+    return np.where(run, scores, np.nan)
 
 
 def split_validation(n_train: int, config: SearchConfig) -> tuple[np.ndarray, np.ndarray, bool]:
