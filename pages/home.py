@@ -8,7 +8,7 @@ from analysis.gguf_convert import converted_folder, is_converted
 from analysis.models import CATALOGUE, DEFAULT_MODEL, describe
 from analysis.scale import InsufficientMemory, check_fits
 from app import state
-from app.text import md_escape
+from app.text import md_escape, show_error
 from app.widgets import (
     gemma_terms, is_gemma, page_links, process_memory, registered_pages, switch_model,
 )
@@ -49,7 +49,7 @@ with status:
         try:  # the memory estimate refuses before any weights load, naming what would fit
             check_fits(pending[0], device=pending[1])
         except InsufficientMemory as err:
-            st.error(str(err))
+            show_error(err)
             pending = None
         if pending is None or switch_model(*pending) is None:
             _sync_widgets()
