@@ -74,7 +74,7 @@ BAD = [
     (["ches", "folder", "--out", "o"], r"is a folder|no such preference file"),
     (["dpo", "bad_prefs.jsonl", "--out", "o"], r"line 1 has fields"),
     (["train-sae", "--layer", "99"], r"--layer 99"),
-    (["bias", "--targets", "nope", "--refs", "male_coded,female_coded"], r"--targets: unknown concept 'nope'"),
+    (["bias", "--targets", "nope", "--refs", "male_coded,female_coded"], r"unknown concepts? \[?'nope'"),
     (["bias", "--preset", "bogus"], r"valid presets"),
 ]
 

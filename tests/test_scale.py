@@ -29,7 +29,7 @@ HOOKS = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 
 def corpus(n: int = 23) -> list[str]:
-    from conftest import TINY_WORDS
+    from tests.conftest import TINY_WORDS
 
     rng = np.random.default_rng(0)
     return [" ".join(rng.choice(TINY_WORDS[:60], size=int(rng.integers(1, 12)))) for _ in range(n)]

@@ -43,7 +43,7 @@ def oracle(lm, texts):
 
 
 def corpus(n: int) -> list[str]:
-    from conftest import TINY_WORDS
+    from tests.conftest import TINY_WORDS
 
     rng = np.random.default_rng(1)
     return [" ".join(rng.choice(TINY_WORDS[:60], size=int(rng.integers(1, 10)))) for _ in range(n)]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from analysis.bias.behaviour import BehaviourConfig, compute_behaviour
 from analysis.bias.compute import BiasConfig, compute_bias
-from analysis.bias.figures import behaviour_figure, differential_figure, heatmap_figure, summary_figure
+from analysis.bias.figures import (
+    behaviour_figure,
+    differential_figure,
+    heatmap_figure,
+    summary_figure,
+)
 from analysis.bias.frames import layer_frame, summary_frame
 
 

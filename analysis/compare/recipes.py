@@ -16,6 +16,7 @@ from analysis.compare.figures import (
     likelihood_figure,
 )
 from analysis.compare.views import CompareConfig, compare
+from analysis.recipes import check_config_keys
 
 
 def _view(kind: str):
@@ -47,6 +48,8 @@ def _drift_recipe(lm, config: dict):
 
 def _audit_recipe(lm, config: dict):
     config = dict(config)
+    check_config_keys(CompareConfig, {k: v for k, v in config.items() if k not in ("state", "n_random")},
+                      "compare_audit recipe")
     spec, n_random = config.pop("state", None), int(config.pop("n_random", 19))
     if not spec:
         raise ValueError("a compare_audit recipe needs a 'state' (steer:PATH@alpha=A)")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from analysis.concepts.cavs import CavConfig, accuracy_frame, fit_from_config, similarity_frame
-from analysis.concepts.figures import accuracy_figure, projection_figure, similarity_figure
-from analysis.concepts.projection import ProjectionConfig, compute_projection, projection_frame
+from analysis.concepts.cavs import (
+    CavConfig,
+    accuracy_frame,
+    fit_from_config,
+    similarity_frame,
+)
+from analysis.concepts.figures import (
+    accuracy_figure,
+    projection_figure,
+    similarity_figure,
+)
+from analysis.concepts.projection import (
+    ProjectionConfig,
+    compute_projection,
+    projection_frame,
+)
 from analysis.concepts.sets import background_texts, load_concepts
+from analysis.recipes import check_config_keys
 
 
 def _accuracy_recipe(lm, config: dict):
@@ -16,6 +30,7 @@ def _accuracy_recipe(lm, config: dict):
 
 def _similarity_recipe(lm, config: dict):
 
+    check_config_keys(CavConfig, {k: v for k, v in config.items() if k != "layer"}, "cav_similarity recipe")
     config = dict(config)
     if "layer" not in config:
         raise ValueError("cav_similarity recipe needs a 'layer'")

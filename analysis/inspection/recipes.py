@@ -6,7 +6,12 @@ from typing import Any
 
 from analysis.inspection import figures as figs
 from analysis.inspection.lens import (
-    InspectConfig, PromptInspection, attention_frame, inspect_prompt, logit_lens_frame, next_token_frame,
+    InspectConfig,
+    PromptInspection,
+    attention_frame,
+    inspect_prompt,
+    logit_lens_frame,
+    next_token_frame,
     residual_norms_frame,
 )
 from analysis.models import LoadedModel

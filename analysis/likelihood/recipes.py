@@ -8,18 +8,35 @@ on one machine; mini-batches are drawn from the seeds).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analysis.likelihood.ches import LikelihoodConfig, rank_pairs
 from analysis.likelihood.dpo import run_dpo
-from analysis.likelihood.dpo_results import discovery_frame, gainers_frame, history_frame, trajectory_frame
 from analysis.likelihood.dpo_config import DPOConfig
+from analysis.likelihood.dpo_results import (
+    discovery_frame,
+    gainers_frame,
+    history_frame,
+    trajectory_frame,
+)
 from analysis.likelihood.figures import (
-    ches_histogram_figure, ches_similarity_figure, dpo_curves_figure, dpo_gainers_figure, dpo_indicators_figure,
-    dpo_rank_figure, token_geometry_figure,
+    ches_histogram_figure,
+    ches_similarity_figure,
+    dpo_curves_figure,
+    dpo_gainers_figure,
+    dpo_indicators_figure,
+    dpo_rank_figure,
+    token_geometry_figure,
 )
 from analysis.likelihood.geometry import single_token_geometry
-from analysis.likelihood.preferences import PreferenceData, load_preferences, load_shipped, shipped_sets
+from analysis.likelihood.preferences import (
+    PreferenceData,
+    load_preferences,
+    load_shipped,
+    shipped_sets,
+)
+from analysis.recipes import check_config_keys
 
 DPO_KINDS = ("dpo_curves", "dpo_indicators", "dpo_gainers", "dpo_rank")
 
@@ -54,20 +71,58 @@ def dpo_figures(result) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ChesRecipeConfig:
+    """A CHES figure's recipe: the preference set, the score shown, and how responses are scored."""
+
+    source: str = "displacement_demo"
+    top_k: int = 10
+    score: str = "ches"
+    append_eos: bool = False
+    similarity: str = "token_jaccard"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.append_eos, bool):
+            raise ValueError(f"append_eos {self.append_eos!r}: give true or false")
+        if self.similarity not in ("token_jaccard", "edit_distance"):
+            raise ValueError(f"similarity {self.similarity!r}: valid are token_jaccard, edit_distance")
+        LikelihoodConfig(top_k=int(self.top_k), append_eos=self.append_eos)  # validates top_k
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ChesRecipeConfig":
+        check_config_keys(cls, config, "CHES recipe")
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GeometryRecipeConfig:
+    """The single-token geometry figure's recipe: which preference set."""
+
+    source: str = "displacement_demo"
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "GeometryRecipeConfig":
+        check_config_keys(cls, config, "token-geometry recipe")
+        return cls(**config)
+
+
 def _ches_recipe(kind: str):
     def build(lm, config: dict):
-        data = _recipe_data(lm, config)
-        frame = rank_pairs(lm, data, LikelihoodConfig(top_k=int(config.get("top_k", 10)),
-                                                      append_eos=bool(config.get("append_eos", False))))
-        score = config.get("score", "ches")
+        rc = ChesRecipeConfig.from_dict(config)
+        data = _recipe_data(lm, {"source": rc.source})
+        frame = rank_pairs(lm, data, LikelihoodConfig(top_k=int(rc.top_k), append_eos=rc.append_eos))
         if kind == "ches_histogram":
-            return ches_histogram_figure(frame, score=score), frame
-        return ches_similarity_figure(frame, score=score, similarity=config.get("similarity", "token_jaccard")), frame
+            return ches_histogram_figure(frame, score=rc.score), frame
+        return ches_similarity_figure(frame, score=rc.score, similarity=rc.similarity), frame
     return build
 
 
 def _geometry_recipe(lm, config: dict):
-    frame = single_token_geometry(lm, list(_recipe_data(lm, config).pairs))
+    rc = GeometryRecipeConfig.from_dict(config)
+    frame = single_token_geometry(lm, list(_recipe_data(lm, {"source": rc.source}).pairs))
     return token_geometry_figure(frame), frame
 
 

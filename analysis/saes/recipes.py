@@ -8,12 +8,22 @@ import numpy as np
 import pandas as pd
 
 from analysis.concepts import background_texts, load_concepts
+from analysis.recipes import check_config_keys
 from analysis.saes.figures import (
-    concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
+    concept_latents_figure,
+    latent_histogram_figure,
+    probe_accuracy_figure,
+    promoted_tokens_figure,
 )
 from analysis.saes.loading import LoadedSAE, load_sae
-from analysis.recipes import check_config_keys
-from analysis.saes.probes import POOLINGS, LatentCard, compute_concept_latents, compute_latent_card, compute_sparse_probe, token_codes
+from analysis.saes.probes import (
+    POOLINGS,
+    LatentCard,
+    compute_concept_latents,
+    compute_latent_card,
+    compute_sparse_probe,
+    token_codes,
+)
 
 
 @dataclass(frozen=True)
