@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from analysis.figures.export import ExportError
     from analysis.models import ModelLoadError
 
     def one_line(what: str, err: BaseException) -> str:
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         print(one_line("error", err), file=sys.stderr)
         return 2
     except ModelLoadError as err:
+        print(one_line("error", err), file=sys.stderr)
+        return 1
+    except ExportError as err:  # the numbers were computed; the browser that draws images failed
         print(one_line("error", err), file=sys.stderr)
         return 1
     except RecursionError as err:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import streamlit as st
-from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from analysis.bias import (BiasConfig, behaviour_data, behaviour_rows, compute_bias, layer_frame, load_presets,
                            load_templates, sae_view, summary_frame)
 from analysis.concepts import load_concepts
 from analysis.bias.figures import (behaviour_figure, differential_figure, heatmap_figure, shared_latents_figure,
                                    summary_figure)
+from analysis.progress import Stopped
 from analysis.recipes import make_recipe
-from app import state
+from app import jobs, state
 from app.figures import render_figure
 from app.text import show_error
 
@@ -21,41 +19,16 @@ CUSTOM = "Custom ..."
 REPRESENTATIONS = {"dense": "Dense CAV", "sae-diff": "SAE code difference", "sae-proj": "CAV → SAE decoder projection"}
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _bias(cfg: BiasConfig, model: str, _lm, _progress=None):
-    return compute_bias(_lm, cfg, _progress)
-
-
-def _with_progress(fn):
-    """Run ``fn(progress)`` in a worker thread while this script moves a progress bar.
-
-    The callback only writes a dict: an st call inside a cached function on a bar made
-    outside it would break the cache's replay (CacheReplayClosureError) on the next hit.
-    """
-    box, out = {"f": 0.0, "msg": "starting ..."}, {}
-
-    def work():
-        try:
-            out["value"] = fn(lambda f, msg: box.update(f=min(1.0, max(0.0, f)), msg=msg))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the script thread below
-            out["error"] = err
-
-    worker = threading.Thread(target=work, daemon=True)
-    add_script_run_ctx(worker, get_script_run_ctx())
-    worker.start()
-    bar = st.progress(0.0, text=box["msg"])
-    while worker.is_alive():
-        worker.join(0.25)
-        bar.progress(box["f"], text=box["msg"])
-    bar.empty()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+def _bias(cfg: BiasConfig, model: str, lm):
+    """The bias result for ``cfg``: computed in a worker thread with a bar and Stop (app/jobs.py), then cached."""
+    return jobs.run(("bias", model, cfg), lambda progress: compute_bias(lm, cfg, progress), "Computing bias",
+                    stop_key="bias_stop")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _behaviour(cfg: BiasConfig, template_set: str, aggregate: str, mode: str, model: str, _lm):
-    return behaviour_data(behaviour_rows(_lm, _bias(cfg, model, _lm), "this run", load_templates(template_set), aggregate,
+def _behaviour(cfg: BiasConfig, template_set: str, aggregate: str, mode: str, model: str, _lm, _result):
+    # _result is the bias result of cfg (computed outside any cache); cfg keys the cache entry.
+    return behaviour_data(behaviour_rows(_lm, _result, "this run", load_templates(template_set), aggregate,
                                          mode), mode)
 
 
@@ -136,13 +109,17 @@ except ValueError as err:
 if st.button("Compute bias", type="primary", key="bias_run"):
     state.put("bias_cfg", cfg)
 if state.get("bias_cfg") != cfg:
-    n_texts = sum(len(load_concepts()[c]) for c in cfg.concepts)
+    n_texts = sum(min(len(load_concepts()[c]), cfg.max_texts or len(load_concepts()[c])) for c in cfg.concepts)
     st.info(f"Press **Compute bias**: {n_texts} concept texts plus the background through {lm.n_layers} layers "
             "(cached on disk afterwards), CAVs, then the bootstrap.")
     st.stop()
 
 try:
-    result = _with_progress(lambda progress: _bias(cfg, lm.name, lm, progress))
+    result = _bias(cfg, lm.name, lm)
+except Stopped:
+    state.put("bias_cfg", None)
+    st.info("Stopped before the analysis finished; press Compute bias to start again.")
+    st.stop()
 except ValueError as err:
     show_error(err)
     st.stop()
@@ -191,7 +168,7 @@ with tab_beh:
         state.put("bias_beh", (cfg, aggregate, mode))
     if state.get("bias_beh") == (cfg, aggregate, mode):
         with st.spinner("Scoring every prompt × word ..."):
-            data = _behaviour(cfg, template_set, aggregate, mode, lm.name, lm)
+            data = _behaviour(cfg, template_set, aggregate, mode, lm.name, lm, result)
         render_figure(behaviour_figure(data), data=data.to_frame(), recipe=None, key="bias_behaviour",
                       filename=f"{stem}_behaviour")
         st.caption("Across every preset: `repscope bias` per preset, or the bench (bench/bench_bias.py).")

@@ -62,6 +62,7 @@ from analysis.bias.significance import BASELINES
 from analysis.concepts import DEFAULT_BACKGROUND, check_name
 from analysis.progress import Progress, report, scaled
 from analysis.recipes import check_config_keys
+from analysis.sampling import subsample
 
 CAV_METHODS = ("mean_diff", "logistic")
 UNIT_RULES = ("auto", "text")
@@ -70,7 +71,7 @@ MIN_BOOTSTRAP = 20
 
 @dataclass(frozen=True)
 class BiasConfig:
-    """One bias analysis. ``max_texts``/``max_background`` cap the texts (first N) for quick runs.
+    """One bias analysis. ``max_texts``/``max_background`` cap the texts (a seeded draw) for quick runs.
 
     ``differential``: two of ``targets`` to compare (WEAT's differential test), or None.
     ``units``: "auto" resamples a word's template sentences together (``analysis.bias.units``),
@@ -144,7 +145,7 @@ class BiasConfig:
         for cap in ("max_texts", "max_background"):
             value = getattr(self, cap)
             if value is not None and value < 10:
-                raise ValueError(f"{cap}={value}: use at least 10 texts, or None for all")
+                raise ValueError(f"{cap}={value}: use at least 10 texts, or 0 for all of them")
 
     @property
     def concepts(self) -> tuple[str, ...]:
@@ -401,8 +402,10 @@ def bias_inputs(lm, config: BiasConfig, progress: Progress | None = None):
     if missing:
         raise ValueError(f"unknown concepts {missing}; available concepts are {sorted(sets)}")
     layers = list(range(lm.n_layers))
-    background = list(background_texts(config.background))[: config.max_background]
-    texts = {n: list(sets[n].texts)[: config.max_texts] for n in config.concepts}
+    # One capping rule for every view (analysis.sampling): a seeded draw, salted by the set's name.
+    background = subsample(list(background_texts(config.background)), config.max_background, config.seed,
+                           "background")
+    texts = {n: subsample(list(sets[n].texts), config.max_texts, config.seed, n) for n in config.concepts}
     total = len(texts) + 1
 
     def stage(i, what):

@@ -186,16 +186,21 @@ def export_figure(
         "scale": scale if fmt == "png" else 1,
     }
     with _LOCK:
-        renderer = _get_renderer()
-        try:
-            return renderer.render(fig_dict, opts)
-        except Exception as exc:
-            # A timed-out or crashed browser is unusable: rebuild it next time.
-            _close_renderer()
-            raise ExportError(
-                f"Exporting the figure as {fmt.upper()} failed ({_reason(exc)}). "
-                "Try again; if it keeps failing, check that chromium runs headless on this machine."
-            ) from exc
+        # Two tries: on a loaded machine kaleido's tab can be asked to render before its page script has
+        # loaded ("kaleido_scopes is not defined"); a fresh browser then renders fine.
+        for attempt in range(2):
+            renderer = _get_renderer()
+            try:
+                return renderer.render(fig_dict, opts)
+            except Exception as exc:
+                # A timed-out or crashed browser is unusable: rebuild it.
+                _close_renderer()
+                if attempt == 0 and not isinstance(exc, TimeoutError):
+                    continue
+                raise ExportError(
+                    f"Exporting the figure as {fmt.upper()} failed ({_reason(exc)}). "
+                    "Try again; if it keeps failing, check that chromium runs headless on this machine."
+                ) from exc
 
 
 def _reason(exc: BaseException) -> str:
