@@ -169,7 +169,7 @@ def test_bias_compute_heatmap_and_pdf_download(app_server, page, screenshots, tm
     _expand(page, "Estimation")
     _set_number(page, "bias_cap", 12)
     _set_number(page, "bias_boot", 20)  # the inputs' minimums
-    _set_number(page, "bias_perm", 10)
+    _set_number(page, "bias_perm", 19)
     _no_errors(page)
 
     t_run = time.perf_counter()
