@@ -240,3 +240,40 @@ def test_cav_shift_is_the_mean_projection_change_in_unsteered_sds(tiny_lm):
     # adding 1.5 v at the read-out layer moves every projection by 1.5 <v, c>; float32: 1e-4 of O(1) values
     np.testing.assert_allclose(sw.cav_shift[1], 1.5 * (dirs @ v[2]) / sd, rtol=1e-4)
     np.testing.assert_allclose(sw.cav_shift[0], 0.0, atol=1e-12)
+
+
+def test_stopping_at_the_budget_measures_each_layer_up_to_its_first_over_budget_cell(lm64):
+    """The fast search measures, per layer, exactly the strengths up to the first cell over budget (same
+    numbers as the full sweep there, NaN after), and scores what it measured with the same rule."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(lm64.n_layers, lm64.d_model))
+    norms = np.full(lm64.n_layers, 1.0)
+    base = dict(strengths=(4.0, 16.0, 64.0), max_background=3)
+    full = behavioural_search(lm64, vectors, norms, VAL, BACKGROUND, range(lm64.n_layers),
+                              SearchConfig(stop_over_budget=False, **base))
+    budget = float(np.quantile(full.cost[full.cost > 0], 0.3))
+    cfg = SearchConfig(loss_budget=budget, **base)
+    fast = behavioural_search(lm64, vectors, norms, VAL, BACKGROUND, range(lm64.n_layers), cfg)
+    for i in range(lm64.n_layers):
+        over = np.flatnonzero(full.cost[i] > budget)
+        n = over[0] + 1 if len(over) else full.cost.shape[1]
+        assert np.isfinite(fast.gain[i, :n]).all() and np.isnan(fast.gain[i, n:]).all(), i
+        np.testing.assert_allclose(fast.gain[i, :n], full.gain[i, :n], rtol=0, atol=1e-9)
+    assert np.isnan(fast.gain).any(), "the budget should cut some layer short"
+    np.testing.assert_allclose(fast.scores, layer_scores(fast.gain, fast.cost, cfg), rtol=0, atol=0)
+
+
+def test_budget_score_ignores_cells_past_the_first_over_budget_one_when_cost_rises():
+    """Why stopping is safe: with cost rising in strength, the cells after the first over-budget one
+    do not change the budget score."""
+    rng = np.random.default_rng(0)
+    cost = np.cumsum(rng.uniform(0.05, 0.5, size=(6, 4)), axis=1)
+    gain = rng.normal(size=(6, 4)) * 3
+    cfg = SearchConfig(loss_budget=0.6, strengths=(0.25, 0.5, 1.0, 2.0))
+    cut_gain, cut_cost = gain.copy(), cost.copy()
+    for i in range(6):
+        over = np.flatnonzero(cost[i] > cfg.loss_budget)
+        if len(over):
+            cut_gain[i, over[0] + 1:] = np.nan
+            cut_cost[i, over[0] + 1:] = np.nan
+    np.testing.assert_allclose(layer_scores(cut_gain, cut_cost, cfg), layer_scores(gain, cost, cfg), rtol=0, atol=0)

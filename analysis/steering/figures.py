@@ -61,8 +61,11 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
         ), row=1, col=col)
     fig.update_xaxes(title_text="layer", type="category")
     fig.update_yaxes(title_text="strength (× mean residual norm)", type="category", row=1, col=1)
+    skipped = "; blank cells: not measured (past the layer's first over-budget strength)" \
+        if np.isnan(search.gain).any() else ""
     fig.update_layout(title=title or (f"Behavioural layer search: chosen layer {search.best} "
-                                      f"({search.rule} rule, budget {search.config.loss_budget:g} nats/token)"),
+                                      f"({search.rule} rule, budget {search.config.loss_budget:g} nats/token"
+                                      f"{skipped})"),
                       height=420)
     return apply_theme(fig)
 

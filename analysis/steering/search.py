@@ -95,6 +95,10 @@ class SearchConfig:
     max_val_pairs: int = 16
     max_background: int = 8
     seed: int = 0
+    # budget rule only: stop a layer's strengths at the first cell over budget. With the background loss
+    # growing with strength (as it does), later cells cannot change the budget score, so it is the same
+    # score for fewer forward passes; skipped cells stay NaN ("not measured") in the heatmaps.
+    stop_over_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -231,6 +235,8 @@ def behavioural_search(
     gain, gain_sem, cost, cost_sem = (np.full(shape, np.nan) for _ in range(4))
     total = 1 + gain.size
     stopped = False
+    early = (config.rule == "budget" and config.stop_over_budget and bool(len(bg))
+             and bool(np.all(strengths > 0)) and bool(np.all(np.diff(strengths) > 0)))
     try:
         report(progress, 0.0, "behavioural search: unsteered baseline")
         base = score_batch(lm, batch)
@@ -241,6 +247,8 @@ def behavioural_search(
                 s = score_batch(lm, batch, {int(l): alphas[i, j] * vectors[l]})
                 gain[i, j], gain_sem[i, j] = mean_sem(s.gap - base.gap)
                 cost[i, j], cost_sem[i, j] = mean_sem(s.bg_nll - base.bg_nll) if len(bg) else (0.0, 0.0)
+                if early and cost[i, j] > config.loss_budget:
+                    break
         report(progress, 1.0, "behavioural search: done")
     except Stopped:
         stopped = True
