@@ -4,7 +4,7 @@
 ``texts`` in length-sorted, right-padded batches and keeps only the hook
 points asked for. Pooling:
 
-* ``last``: the last non-padding token of each text (METHODS §1 default);
+* ``last``: the last non-padding token of each text (Methods §1 default);
 * ``mean``: the mean over non-padding tokens (BOS included);
 * ``all``: every non-padding token, concatenated, with ``offsets``.
 

@@ -83,7 +83,7 @@ def main() -> None:
     st.title("Concepts")
     st.caption("Concept activation vectors (TCAV): per layer, a linear probe separates a concept's texts from "
                "neutral background texts; shaded bands show accuracies of probes trained on random background "
-               "splits, and hollow markers are CAVs that do not beat them (METHODS §1).")
+               "splits, and hollow markers are CAVs that do not beat them (Methods §1).")
     lm = require_model()
     _upload_section()
     try:

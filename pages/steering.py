@@ -75,7 +75,7 @@ def _run(key, fn, label: str, stop_key: str):
 
 def main() -> None:
     st.title("Steering")
-    st.caption("Contrastive activation addition (METHODS §3): v_l = mean over pairs of resid_post[l](positive) − "
+    st.caption("Contrastive activation addition (Methods §3): v_l = mean over pairs of resid_post[l](positive) − "
                "resid_post[l](negative) at token −2; α·v_l is added at every position, generated tokens included. "
                "The layer is chosen by steering each candidate layer on validation pairs (behavioural search).")
     lm = require_model()

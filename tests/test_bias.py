@@ -1,4 +1,4 @@
-"""Bias asymmetry (METHODS §2): hand-computed numbers, planted activations, oracles."""
+"""Bias asymmetry (Methods §2): hand-computed numbers, planted activations, oracles."""
 
 from __future__ import annotations
 

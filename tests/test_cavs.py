@@ -1,4 +1,4 @@
-"""CAV fitting (METHODS §1): fitters, k-fold accuracy, TCAV null, I/O, projection."""
+"""CAV fitting (Methods §1): fitters, k-fold accuracy, TCAV null, I/O, projection."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_umap_shape_and_seed_determinism():
 
 @pytest.mark.real_model
 def test_sentiment_cavs_on_real_model(real_lm):
-    """Issue criterion + METHODS §1 on Gemma-3-270M, from one extraction of 200 texts."""
+    """Issue criterion + Methods §1 on Gemma-3-270M, from one extraction of 200 texts."""
     from threadpoolctl import threadpool_limits
 
     from analysis.activations import extract, resid_hooks
@@ -289,7 +289,7 @@ def test_sentiment_cavs_on_real_model(real_lm):
     assert max(held_out) >= 0.9
     assert min(held_out) > 0.5  # sentiment is linearly readable at every layer, if weakly early on
 
-    # METHODS §1: each sentiment vs background (40 texts each), TCAV null from random background splits.
+    # Methods §1: each sentiment vs background (40 texts each), TCAV null from random background splits.
     config = CavConfig(("positive_sentiment", "negative_sentiment"), method="logistic", n_folds=4, n_random=4)
     layers = [0, 3, 6, 9, 12, 15, 17]
     r = fit_cavs_arrays({"positive_sentiment": acts[layers, :40], "negative_sentiment": acts[layers, 60:100]},

@@ -1,4 +1,4 @@
-"""Steering vectors (METHODS §3): pairs, vectors, layer search, apply, generation, sweep, figures."""
+"""Steering vectors (Methods §3): pairs, vectors, layer search, apply, generation, sweep, figures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Concept alignment for Bias (METHODS §2): cosine Align, per-layer Bias, layer rules,
+"""Concept alignment for Bias (Methods §2): cosine Align, per-layer Bias, layer rules,
 concept representations (dense / sae-diff / sae-proj) and the SAE latents they share.
 
 Pure functions on arrays; ``analysis.bias.compute`` runs them on a model.

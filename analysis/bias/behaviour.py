@@ -1,4 +1,4 @@
-"""Behavioural bias and its agreement with conceptual Bias (METHODS §2, BiasLens validation).
+"""Behavioural bias and its agreement with conceptual Bias (Methods §2, BiasLens validation).
 
 ``Bias_behavioural(t; r1, r2)`` = mean over prompts of
 ``log p(r1 words | prompt) − log p(r2 words | prompt)``, where the prompts are every

@@ -1,4 +1,4 @@
-"""Bias asymmetry between a target concept and two references (BiasLens, METHODS §2), with its tests.
+"""Bias asymmetry between a target concept and two references (BiasLens, Methods §2), with its tests.
 
 ``Bias(t; r1, r2) = Align(C_t, C_r1) − Align(C_t, C_r2)`` with Align = cosine of
 the two concept representations, per layer; positive means t leans to r1.
@@ -122,7 +122,7 @@ class BiasConfig:
         if not 0.0 < self.acc_threshold <= 1.0:
             raise ValueError(f"acc_threshold={self.acc_threshold}: must be in (0, 1], e.g. 0.9")
         if self.n_bootstrap < MIN_BOOTSTRAP:
-            raise ValueError(f"n_bootstrap={self.n_bootstrap}: need at least {MIN_BOOTSTRAP} (METHODS §2 asks ≥ 200)")
+            raise ValueError(f"n_bootstrap={self.n_bootstrap}: need at least {MIN_BOOTSTRAP} (Methods §2 asks ≥ 200)")
         if self.n_permutations < 19:
             raise ValueError(f"n_permutations={self.n_permutations}: need at least 19 (p resolution 1/(B+1) ≤ 0.05)")
         if self.cav_method not in CAV_METHODS:

@@ -1,6 +1,6 @@
 """ΔBias = Bias_B − Bias_A per target, a paired bootstrap CI and a state-swap permutation p.
 
-Bias per state is ``analysis.bias``'s estimator (cosines of CAVs, METHODS §2),
+Bias per state is ``analysis.bias``'s estimator (cosines of CAVs, Methods §2),
 summarised over the layers that pass the accuracy rule **in both states** (so
 the difference compares the same layers). Uncertainty and significance reuse
 the bias package's resampling (``bootstrap_draws``, ``mean_diff``,

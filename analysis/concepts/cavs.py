@@ -1,6 +1,6 @@
 """Concept activation vectors (CAVs) with held-out accuracy and TCAV significance.
 
-Follows METHODS §1 (TCAV, Kim et al. 2018; BiasLens step 1):
+Follows Methods §1 (TCAV, Kim et al. 2018; BiasLens step 1):
 
 * positives: a concept's texts; negatives: the shared background set, sampled
   (with ``seed``) to the concept's size so the classes are balanced;

@@ -1,7 +1,7 @@
 """Concept sets: shipped YAML assets plus the user's persistent workspace.
 
 A concept set is a list of positive example texts; its negatives are a
-shared background set (METHODS §1). Files follow one schema::
+shared background set (Methods §1). Files follow one schema::
 
     name, kind ("concept" | "background"), title, description, provenance,
     background (concepts only), mentions, words, texts
@@ -240,7 +240,7 @@ def background_set(name: str = DEFAULT_BACKGROUND) -> ConceptSet:
 
 
 def background_texts(name: str = DEFAULT_BACKGROUND) -> tuple[str, ...]:
-    """The negative (background) texts shared by concepts (METHODS §1)."""
+    """The negative (background) texts shared by concepts (Methods §1)."""
     return background_set(name).texts
 
 

@@ -1,4 +1,4 @@
-"""Response log-probabilities, CHES (METHODS §4) and top-k over-optimisation indicators.
+"""Response log-probabilities, CHES (Methods §4) and top-k over-optimisation indicators.
 
 Tokenisation (the prompt/response boundary): a sequence is
 ``tokenizer(x)`` (BOS added) followed by ``tokenizer(y, add_special_tokens=False)``,
@@ -107,7 +107,7 @@ def position_stats(logits: Float[Tensor, "b p vocab"], ids: Int[Tensor, "b p"], 
 
 
 def ches(s_plus: Float[np.ndarray, "n d"], s_minus: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n"]:
-    """CHES = <S+, S-> - ||S+||^2 per row (METHODS §4; pass S/|y| for the length-normalised score)."""
+    """CHES = <S+, S-> - ||S+||^2 per row (Methods §4; pass S/|y| for the length-normalised score)."""
     s_plus, s_minus = np.asarray(s_plus, np.float64), np.asarray(s_minus, np.float64)
     return np.einsum("nd,nd->n", s_plus, s_minus) - np.einsum("nd,nd->n", s_plus, s_plus)
 

@@ -1,4 +1,4 @@
-"""DPO on a COPY of the model, to watch likelihood displacement as the paper ran it (METHODS §4).
+"""DPO on a COPY of the model, to watch likelihood displacement as the paper ran it (Methods §4).
 
 ``run_dpo(lm, data, DPOConfig.preset("paper"), pairs=[0])`` runs one training
 run per seed. Each run deep-copies the model under ``lm`` (the HF model

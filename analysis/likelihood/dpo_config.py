@@ -1,4 +1,4 @@
-"""Settings of a DPO run (METHODS §4): optimizer, batches, seeds, SFT warm-up, the paper preset.
+"""Settings of a DPO run (Methods §4): optimizer, batches, seeds, SFT warm-up, the paper preset.
 
 The paper preset is the authors' single-token persona setting
 (princeton-nlp/unintentional-unalignment): DPO with beta 0.1, RMSprop at the

@@ -6,7 +6,7 @@ BOS). Max pooling suits sparse latents: a latent that fires on one word of a
 sentence keeps its full value.
 
 * Concept latents: diff_i = mean_pos(code_i) − mean_neg(code_i), positives the
-  concept's texts, negatives the background set (METHODS §1-2).
+  concept's texts, negatives the background set (Methods §1-2).
 * Sparse probe: L2 logistic regression (class-balanced) on the top-k latents
   by |diff|, scored by stratified k-fold *balanced* accuracy (chance = 0.5
   whatever the class sizes: the background set is larger than a concept's)

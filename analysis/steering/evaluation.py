@@ -1,4 +1,4 @@
-"""Evaluating a steering vector (METHODS §3 "Show"): α sweep with null band and side effects, links.
+"""Evaluating a steering vector (Methods §3 "Show"): α sweep with null band and side effects, links.
 
 * :func:`compute_alpha_sweep`: on held-out pairs, gap(α) = log p(positive
   completion | prompt) − log p(negative completion | prompt) (summed over the

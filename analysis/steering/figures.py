@@ -1,4 +1,4 @@
-"""Figures for steering vectors (METHODS §3): layer search, α sweep, CAV and SAE links.
+"""Figures for steering vectors (Methods §3): layer search, α sweep, CAV and SAE links.
 
 Builders take the dataclasses of ``analysis.steering.vector`` / ``analysis.steering.evaluation``
 and return a themed ``go.Figure``; they never call Streamlit.

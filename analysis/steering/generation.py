@@ -1,4 +1,4 @@
-"""Text generation, steered or not, on the shared model (METHODS §3 "Show").
+"""Text generation, steered or not, on the shared model (Methods §3 "Show").
 
 Paths (chosen by name; "auto" picks the fast exact one for the backend):
 

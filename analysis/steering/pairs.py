@@ -1,4 +1,4 @@
-"""Contrastive pair sets for steering (METHODS §3): shipped sets and uploads.
+"""Contrastive pair sets for steering (Methods §3): shipped sets and uploads.
 
 A pair is ``(prompt, positive completion, negative completion)``. Shipped sets
 live in ``assets/steering/<name>.jsonl`` with metadata in ``sets.yaml``;

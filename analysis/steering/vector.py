@@ -1,4 +1,4 @@
-"""Steering vectors by contrastive activation addition (METHODS §3, Backdoor Activation Attack).
+"""Steering vectors by contrastive activation addition (Methods §3, Backdoor Activation Attack).
 
 Pipeline: :func:`compute_pair_activations` reads ``resid_post[l]`` of every
 layer in one pass over the pairs' texts, at a position chosen by name
@@ -232,7 +232,7 @@ class LayerSearch:
 
 
 def layer_search(acts: PairActivations, score: str = "paper", layers: Sequence[int] | None = None) -> LayerSearch:
-    """Score each candidate layer (METHODS §3); the best layer has the largest score."""
+    """Score each candidate layer (Methods §3); the best layer has the largest score."""
     if score not in SCORES:
         raise ValueError(f"score {score!r}: valid scores are {tuple(SCORES)}")
     cand = np.array(range(acts.positive.shape[1]) if layers is None else list(layers), dtype=np.int64)
