@@ -10,7 +10,8 @@ action caused* to finish, instead of sleeping and hoping the rerun started.
     # here the rerun caused by the click has finished
 
 ``wait_idle(page)`` waits for the current run (e.g. the first load after
-``page.goto``) to finish.
+``page.goto``) to finish. Footgun: a widget inside an ``st.form`` causes no
+rerun until the form is submitted, so never wrap such a change in ``rerun``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 
 APP = '[data-testid="stApp"]'
-DEFAULT_MS = 300_000
+DEFAULT_MS = 180_000
 
 _INSTALL = """() => {
     const app = document.querySelector('[data-testid="stApp"]');

@@ -90,10 +90,10 @@ def _open_live_inspection(app_server, page) -> None:
 
 
 def _upload(page, name: str, data: bytes, mime: str = "text/plain") -> None:
-    with rerun(page):
-        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
-            files=[{"name": name, "mimeType": mime, "buffer": data}]
-        )
+    # The uploader sits inside the page's form: choosing a file causes no rerun until the form is submitted.
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}]
+    )
     page.locator('[data-testid="stFileChip"]').filter(has_text=name).wait_for(timeout=30_000)
 
 
@@ -142,8 +142,7 @@ def test_live_inspection_binary_upload_shows_error_then_works(app_server, page):
     _wait_for_app(page)
     _no_exceptions(page)
     # Still usable: replace the file with a good one and run again.
-    with rerun(page):
-        page.locator('[data-testid="stFileChipDeleteBtn"] button').first.click()
+    page.locator('[data-testid="stFileChipDeleteBtn"] button').first.click()  # inside the form: no rerun
     _upload(page, "prompts.txt", PROMPTS_TXT)
     with rerun(page, MODEL_LOAD_MS):
         page.get_by_role("button", name="Run inspection").click()
