@@ -23,16 +23,22 @@ def hub_host() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
 
 
+def connect_error(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``host:port`` accepts a TCP connection within ``timeout``, else the error (one line)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return str(err) or type(err).__name__
+    return None
+
+
 def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None when the hub answers a TCP connect on port 443 within ``timeout``, else why not."""
     if offline_flag():
         return "HF_HUB_OFFLINE is set"
     host = hub_host()
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as err:
-        return f"the hub ({host}) is unreachable: {err}"
-    return None
+    err = connect_error(host, 443, timeout)
+    return None if err is None else f"the hub ({host}) is unreachable: {err}"
 
 
 def is_cached(repo_id: str, filename: str) -> bool:

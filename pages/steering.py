@@ -18,11 +18,30 @@ import streamlit as st
 from analysis.progress import Stopped
 from analysis.recipes import make_recipe
 from analysis.steering import (
-    MAX_NEW_TOKENS, POSITIONS, PRESETS, SCORE_TEXT, SEARCHES, GenerationConfig, SearchConfig, Steering,
-    SteeringConfig, build_steering_vector, compute_alpha_sweep, compute_cav_links, compute_sae_links,
-    generate_side_by_side, load_pair_set, parse_pair_upload, shipped_sets,
+    MAX_NEW_TOKENS,
+    POSITIONS,
+    PRESETS,
+    SCORE_TEXT,
+    SEARCHES,
+    GenerationConfig,
+    SearchConfig,
+    Steering,
+    SteeringConfig,
+    build_steering_vector,
+    compute_alpha_sweep,
+    compute_cav_links,
+    compute_sae_links,
+    generate_side_by_side,
+    load_pair_set,
+    parse_pair_upload,
+    shipped_sets,
 )
-from analysis.steering.figures import alpha_sweep_figure, cav_links_figure, sae_links_figure, search_figure
+from analysis.steering.figures import (
+    alpha_sweep_figure,
+    cav_links_figure,
+    sae_links_figure,
+    search_figure,
+)
 from analysis.uploads import UploadError
 from app import jobs
 from app.figures import render_figure
@@ -166,7 +185,7 @@ def _generation_section(lm, vec, layers: tuple, alpha: float) -> None:
         bar = st.progress(0.0, text="Generating ...")  # plain callback in the script thread, no cache involved
         plain, steered = generate_side_by_side(
             lm, prompt, cfg, Steering(vec, a, layers),
-            progress=lambda d, t: bar.progress(min(d / t, 1.0), text=f"Generating: token {d} of {t}"))
+            progress=lambda f, stage: bar.progress(f, text=f"Generating (unsteered, then steered): {stage}"))
         bar.empty()
         put("steer_generations", (prompt, a, layers, plain, steered))
     gens = get("steer_generations")

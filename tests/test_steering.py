@@ -294,8 +294,11 @@ def test_sampling_is_seeded_and_side_by_side(tiny_lm):
     assert a.new_tokens == b.new_tokens
     steps = []
     plain, steered = generate_side_by_side(tiny_lm, "the dog", GenerationConfig(max_new_tokens=5, stop_at_eos=False),
-                                           Steering(_vector(tiny_lm), 30.0), progress=lambda d, t: steps.append((d, t)))
-    assert steps[-1] == (10, 10) and plain.new_tokens != steered.new_tokens
+                                           Steering(_vector(tiny_lm), 30.0), progress=lambda f, s: steps.append((f, s)))
+    # analysis.progress: (fraction of the whole job, stage); unsteered is the first half, steered the second
+    fractions = [f for f, _ in steps]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions[4] == 0.5
+    assert steps[-1][1] == "token 5 of 5" and plain.new_tokens != steered.new_tokens
     with pytest.raises(ValueError, match="bridge"):
         generate(tiny_lm, "the dog", GenerationConfig(path="hf"))
 

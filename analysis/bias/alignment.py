@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from jaxtyping import Bool, Float
 
-from analysis.vectors import cosine
+from analysis.vectors import cosine, unit
 
 LAYER_RULES = ("threshold", "layer")
 
@@ -128,8 +128,7 @@ def _sae_diff(s: ConceptStats, sae: SaeView | None, top_k: int) -> np.ndarray:
 def _sae_proj(s: ConceptStats, sae: SaeView | None, top_k: int) -> np.ndarray:
     if sae is None:
         raise ValueError("representation 'sae-proj' needs an SAE; this layer has no SAE")
-    dec = sae.W_dec / np.linalg.norm(sae.W_dec, axis=1, keepdims=True).clip(1e-12)
-    cav = s.cav / np.linalg.norm(s.cav, axis=-1, keepdims=True).clip(1e-12)
+    dec, cav = unit(sae.W_dec), unit(s.cav)
     return keep_top_k(cav @ dec.T, top_k)
 
 

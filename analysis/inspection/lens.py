@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float, Int
 
 from analysis.activations import resid_hook
+from analysis.logprobs import per_text_nll
 from analysis.models import LoadedModel
 from analysis.recipes import check_config_keys
 
@@ -364,9 +365,7 @@ def score_prompts(
         ids, mask = lm.tokenize([texts[i] for i in idx])
         with lm.locked() as model:
             logits = model(ids, attention_mask=mask, return_type="logits")
-        for j, i in enumerate(idx):
-            n = int(mask[j].sum())
-            losses[i] = float(torch.nn.functional.cross_entropy(logits[j, : n - 1].float(), ids[j, 1:n]))
+        losses[idx] = per_text_nll(logits, ids, mask)
         if progress:
             progress(min(1.0, (start + len(idx)) / len(texts)))
     return pd.DataFrame({"text": list(texts), "n_tokens": lengths, "loss": losses})

@@ -18,15 +18,8 @@ from typing import Any
 import torch
 
 from analysis.activations import resid_hook
+from analysis.logprobs import nll_sum
 from analysis.models import LoadedModel
-
-
-def _ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token cross-entropy over real target tokens, and their count."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
-    m = mask[:, 1:].bool()
-    return float(nll[m].sum()), int(m.sum())
 
 
 @torch.inference_mode()
@@ -60,7 +53,7 @@ def measure_quality(lm: LoadedModel, sae, texts: list[str], layer: int,
         for name, fn in (("clean", record), ("spliced", splice), ("zero", zero)):
             with lm.hooked([(hook, fn)]) as model:
                 logits = model(ids, attention_mask=mask, return_type="logits")
-            total, count = _ce(logits, ids, mask)
+            total, count = nll_sum(logits, ids, mask)
             sums[name] += total
         n_pred += count
         x = seen["x"][real].float()

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
 from analysis.activations import POOLINGS, ActivationSet, assemble, pool
+from analysis.hub import connect_error
 from analysis.progress import Progress, report
 
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -90,10 +90,9 @@ def check_remote(api_key: str | None = None, host: str | None = None, timeout: f
     host = host or os.environ.get("NDIF_HOST") or CONFIG.API.HOST
     url = urlparse(host if "://" in host else f"https://{host}")
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as err:
-        raise NnsightError(f"NDIF host {host} is unreachable ({err}); remote runs need the network") from None
+    err = connect_error(url.hostname, port, timeout)
+    if err is not None:
+        raise NnsightError(f"NDIF host {host} is unreachable ({err}); remote runs need the network")
     return key, host
 
 

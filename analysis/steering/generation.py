@@ -34,17 +34,17 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from analysis.models import LoadedModel
+from analysis.progress import Progress, report, scaled
 from analysis.steering.twin import hf_twin
 from analysis.steering.vector import apply
 
 MAX_NEW_TOKENS = 200
 PATHS = ("auto", "hf", "bridge", "tl")
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,9 @@ def generate_side_by_side(
     progress: Progress | None = None,
 ) -> tuple[Generation, Generation]:
     """Unsteered and steered continuations with the same settings and seed."""
-    n = config.max_new_tokens
-    plain = generate(lm, prompt, config, progress=(lambda d, t: progress(d, 2 * n)) if progress else None)
+    plain = generate(lm, prompt, config, progress=scaled(progress, 0.0, 0.5))
     steered = generate(lm, prompt, config, steering=steering,
-                       progress=(lambda d, t: progress(n + d, 2 * n)) if progress else None)
+                       progress=scaled(progress, 0.5, 1.0))
     return plain, steered
 
 
@@ -173,7 +172,8 @@ def _run_hf(lm, ids, config, progress) -> list[int]:
     class _Report(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
             if progress:
-                progress(int(input_ids.shape[1] - n_prompt), config.max_new_tokens)
+                done = int(input_ids.shape[1] - n_prompt)
+                report(progress, done / config.max_new_tokens, f"token {done} of {config.max_new_tokens}")
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     kwargs = dict(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
@@ -198,7 +198,7 @@ def _run_bridge(lm, ids, config, progress) -> list[int]:
         kwargs.update(temperature=config.temperature)
     out = lm.model.generate(ids, **kwargs)
     if progress:
-        progress(config.max_new_tokens, config.max_new_tokens)
+        report(progress, 1.0, f"token {config.max_new_tokens} of {config.max_new_tokens}")
     return _trim_eos(lm, out[0, ids.shape[1]:].tolist(), config)
 
 
@@ -215,7 +215,7 @@ def _run_tl(lm, ids, config, progress) -> list[int]:
         seen.append(nxt)
         new.append(nxt)
         if progress:
-            progress(step + 1, config.max_new_tokens)
+            report(progress, (step + 1) / config.max_new_tokens, f"token {step + 1} of {config.max_new_tokens}")
         if config.stop_at_eos and nxt in _eos_ids(lm):
             break
         if step + 1 < config.max_new_tokens:

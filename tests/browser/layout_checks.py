@@ -65,6 +65,7 @@ _FIGURES_JS = r"""() => {
     const traces = D.filter(t => t.visible !== false).map(t => ({
       type: t.type, name: t.name || '', showlegend: t.showlegend !== false,
       colorbar: !!(t.showscale || (t.marker && t.marker.showscale)),
+      celltext: !!(t.texttemplate && t.text),
       colorbarTitle: (t.colorbar && t.colorbar.title && t.colorbar.title.text) ||
                      (t.marker && t.marker.colorbar && t.marker.colorbar.title && t.marker.colorbar.title.text) || '',
       xaxis: t.xaxis, yaxis: t.yaxis,
@@ -114,7 +115,8 @@ def figure_problems(page) -> list[str]:
         if many and fig["showlegend"] and not shown and not bars:
             out.append(f"{name}: several traces but no legend or colour bar names them")
         for t in fig["traces"]:
-            if t["type"] in ("heatmap", "contour") and not t["colorbar"] and not fig["coloraxis"]:
+            if t["type"] in ("heatmap", "contour") and not t["colorbar"] and not fig["coloraxis"] \
+                    and not t.get("celltext"):
                 out.append(f"{name}: a heatmap without a colour bar")
     return out
 
