@@ -95,7 +95,7 @@ with status:
         cols[0].metric("Device", facts["device"])
         cols[1].metric("dtype", facts["dtype"])
         cols[2].metric("Backend", facts["backend"])
-        cols[3].metric("Context", f"{facts['context']:,} tokens")
+        cols[3].metric("Context (tokens)", f"{facts['context']:,}")
         memory = process_memory(lm.device)
         if memory:
             st.caption(" · ".join(f"{k}: {v:,.0f}" for k, v in memory.items()))

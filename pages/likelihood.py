@@ -92,8 +92,9 @@ tab_rank, tab_dpo, tab_ind = st.tabs(["CHES ranking", "DPO run", "Indicators"])
 with tab_rank:
     c1, c2 = st.columns(2)
     top_k = c1.number_input("k for top-k indicators", 1, 1000, 10, key="lik_topk")
-    append_eos = c2.checkbox("Include the EOS-predicting position (the authors' code; default: Definition 2)",
-                             key="lik_eos")
+    append_eos = c2.checkbox("Include the EOS position", key="lik_eos",
+                             help="Also sum the position that predicts EOS, as the authors' code does (TRL appends "
+                                  "EOS). Off: the paper's Definition 2.")
     c1, c2, c3 = st.columns(3)
     mode = c1.selectbox("Filter", list(MODES), format_func=MODES.get, key="lik_mode")
     if mode == "lowest":

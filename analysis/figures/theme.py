@@ -104,7 +104,7 @@ def _build_template() -> go.layout.Template:
     template = go.layout.Template()
     template.layout = go.Layout(
         font=dict(family=FONT_FAMILY, size=14, color=_INK),
-        title=dict(font=dict(size=18), x=0.0, xanchor="left", xref="paper", pad=dict(b=8)),
+        title=dict(font=dict(size=18), x=0.01, xanchor="left", xref="container", pad=dict(b=8)),
         paper_bgcolor="white",
         plot_bgcolor="white",
         colorway=list(QUALITATIVE),
@@ -130,7 +130,37 @@ def _build_template() -> go.layout.Template:
 pio.templates[TEMPLATE_NAME] = _build_template()
 
 
+TITLE_LINE_CHARS = 52  # about 490 px at the title's 18 px font: fits a figure on a page 1000 px wide
+
+
+def wrap_title(text: str, width: int = TITLE_LINE_CHARS) -> str:
+    """``text`` broken into lines of at most ``width`` characters at spaces (Plotly does not wrap titles).
+
+    Lines the author already broke with ``<br>`` are kept and each is wrapped on its own.
+    """
+    if not text:
+        return text
+    out = []
+    for segment in text.split("<br>"):
+        line = ""
+        for word in segment.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return "<br>".join(out)
+
+
 def apply_theme(fig: go.Figure) -> go.Figure:
-    """Set the RepScope template on `fig` (in place) and return it for chaining."""
+    """Set the RepScope template on `fig` (in place), wrap a long title, and return it for chaining."""
     fig.update_layout(template=TEMPLATE_NAME)
+    title = fig.layout.title.text
+    if title:
+        wrapped = wrap_title(title)
+        if wrapped != title:
+            extra = wrapped.count("<br>")
+            top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+            fig.update_layout(title_text=wrapped, margin_t=top + 22 * extra)
     return fig

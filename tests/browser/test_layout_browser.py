@@ -3,7 +3,8 @@ count and layer axes start at their data, and every figure names what it encodes
 
 The pages that compute are driven with their cheapest settings (the default prompts on Live
 inspection, CHES scoring of the shipped single-token set on Likelihood); the others are checked as
-they open. Full-page screenshots go to artifacts/screenshots/layout-<page>-<width>.png.
+they open. Full-page screenshots go to artifacts/screenshots/layout-<page>-<width>.png (the README's
+come from there).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def test_page_is_readable_at_both_widths(app_server, browser, screenshots, path,
             assert shown.count() == 0, shown.first.inner_text()
             problems += [f"{width}px: {p}" for p in overflow_problems(page) + axis_problems(page)
                          + figure_problems(page)]
+            # Streamlit scrolls inside its main block, so a full-page shot needs a viewport as tall as the page.
+            tall = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
+            page.set_viewport_size({"width": width, "height": min(int(tall) + 40, 6000)})
+            wait_idle(page)
             page.screenshot(path=str(screenshots / f"layout-{path or 'home'}-{width}.png"), full_page=True)
         assert problems == [], "\n".join(problems)
     finally:
