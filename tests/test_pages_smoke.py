@@ -29,9 +29,13 @@ def _home(timeout: float = TIMEOUT) -> AppTest:
     return AppTest.from_file(str(MAIN), default_timeout=timeout).run()
 
 
+def _shown(value: str) -> str:
+    """A message as the reader sees it (app.text.md_escape backslash-escapes punctuation)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", value)
+
+
 def _errors(at: AppTest) -> list[str]:
-    """Error texts as the reader sees them (app.text.md_escape backslash-escapes punctuation)."""
-    return [re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", e.value) for e in at.error]
+    return [_shown(e.value) for e in at.error]
 
 
 def test_page_registry_lists_existing_files_in_order():
@@ -97,7 +101,7 @@ def test_home_bad_model_name_keeps_previous_model():
     at.button[0].click().run()
     assert not at.exception
     assert any("definitely/not-a-model" in e for e in _errors(at))
-    assert any(DEFAULT_MODEL in w.value for w in at.warning)
+    assert any(DEFAULT_MODEL in _shown(w.value) for w in at.warning)
     # Previous choice restored: picker reset, facts of the default model still shown.
     assert at.text_input(key="home_custom").value == ""
     assert at.selectbox(key="home_pick").value == DEFAULT_MODEL

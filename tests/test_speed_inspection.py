@@ -21,7 +21,12 @@ TEXT = "the cat is very happy and the dog is sad\nthe food was very good"
 def counted_page(tiny_lm, monkeypatch):
     import app.state
 
+    import streamlit as st
+
     monkeypatch.setattr(app.state, "require_model", lambda: tiny_lm)
+    # Another test in this process may have inspected the same text on the same tiny model: start from an
+    # empty result cache, so "the first inspection runs the model" holds in any test order.
+    st.cache_data.clear()
     calls = []
     handle = tiny_lm.model.register_forward_hook(lambda *a: calls.append(1))
     try:
