@@ -192,8 +192,9 @@ def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10, *, lens: bool = 
         logits, cache = model.run_with_cache(
             ids, attention_mask=mask, names_filter=lambda name: name in wanted
         )
-    resid = torch.stack([cache[resid_hook(l)][0] for l in range(n_layers)])  # (L, T, d)
-    attention = torch.stack([cache[pattern_hook(l)][0] for l in range(n_layers)])
+    # .to(lm.device): with a model split over devices, each layer's cache sits on that layer's device.
+    resid = torch.stack([cache[resid_hook(l)][0].to(lm.device) for l in range(n_layers)])  # (L, T, d)
+    attention = torch.stack([cache[pattern_hook(l)][0].to(lm.device) for l in range(n_layers)])
     next_lp = torch.log_softmax(logits[0, -1].float(), dim=-1)
     next_lp, next_ids = next_lp.topk(top_k)
     decode = _decoder(lm)

@@ -171,7 +171,8 @@ def _pad_id(lm) -> int:
 
 
 def _adder(delta: torch.Tensor):
-    return lambda resid, hook: resid + delta
+    # With a model split over devices, the layer's residual may not sit on lm.device.
+    return lambda resid, hook: resid + delta.to(resid.device)
 
 
 def _selected_logits(lm, ids, mask, sel_r, sel_c, hooks) -> torch.Tensor:
