@@ -128,8 +128,8 @@ def run(key: Hashable, fn: Callable[[Callable[[float, str], None]], Any], label:
     if hit is not None:
         return hit
     job = start(key, fn, label)
-    box = st.container()
-    with box:
+    box = st.empty()  # one placeholder: emptying it removes the bar and the Stop button together
+    with box.container():
         bar = st.progress(0.0, text=f"{label}: starting")
         stop = st.button("Stop", key=stop_key or f"stop-{abs(hash(key))}", help="Stop after the current step; "
                          "what is finished is kept where the analysis supports it.")

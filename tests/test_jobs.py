@@ -93,6 +93,8 @@ def test_run_in_a_page_draws_progress_and_reraises_errors():
     assert not at.exception
     assert any("value=7" in m.value for m in at.markdown)
     assert [e.value for e in at.error] == ["bad input, say so"]
+    # a finished job leaves neither its bar nor its Stop button behind
+    assert not at.get("progress") and not [b for b in at.button if b.label == "Stop"]
     at.run()  # a rerun hits the cache: same output, no exception
     assert not at.exception and any("value=7" in m.value for m in at.markdown)
 
