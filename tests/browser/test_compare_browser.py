@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def test_compare_base_vs_steered_lens(app_server, page, workspace, tmp_path, scr
     page.locator(".st-key-cmp_prompt input").wait_for(timeout=30_000)
     with rerun(page, RUN_MS):
         page.locator(".st-key-cmp_run button").click()
-    figure = page.locator(".js-plotly-plot").filter(has_text="Live inspection: B = steer:")
+    # Long figure titles wrap (analysis.figures.theme.wrap_title): match across the line break.
+    figure = page.locator(".js-plotly-plot").filter(has_text=re.compile(r"Live inspection:\s*B\s*=\s*steer:"))
     figure.wait_for(timeout=RUN_MS)
     wait_idle(page, RUN_MS)
     _no_errors(page)
