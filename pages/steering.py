@@ -94,8 +94,9 @@ def _run(key, fn, label: str, stop_key: str):
 
 def main() -> None:
     st.title("Steering")
-    st.caption("Contrastive activation addition (Methods §3): v_l = mean over pairs of resid_post[l](positive) − "
-               "resid_post[l](negative) at token −2; α·v_l is added at every position, generated tokens included. "
+    st.caption("Contrastive activation addition (Methods §3): v_l = mean over pairs of (positive − negative) "
+               "residual stream after layer l, at token −2; α·v_l is added at every position, generated tokens "
+               "included. "
                "The layer is chosen by steering each candidate layer on validation pairs (behavioural search).")
     lm = require_model()
     key, pair_set = _pick_pairs()

@@ -3,9 +3,9 @@
 Three checks, each returning a list of human-readable problems (empty = fine):
 
 * :func:`overflow_problems`: an element wider than its container (a
-  horizontal scrollbar the reader must use), or text cut off by its box
-  (``scrollWidth > clientWidth`` on headings, labels, buttons, captions and
-  Plotly titles).
+  horizontal scrollbar the reader must use), text cut off by its box
+  (headings, labels, buttons, captions and Plotly titles), or prose that
+  markdown turned into a link by accident (a relative ``href``).
 * :func:`axis_problems`: on axes that show layers, counts or steps (integer
   data), the range must not start below the data's minimum by more than half
   a unit (the "accuracy axis from −1 to 18" bug).
@@ -38,6 +38,11 @@ _OVERFLOW_JS = r"""() => {
     if (!text || r.width === 0) continue;
     if (r.left < pr.left - 2 || r.right > pr.right + 2 || r.top < pr.top - 2 || r.bottom > pr.bottom + 2)
       out.push(`figure text "${text}" is cut off by its figure`);
+  }
+  // Text like "resid_post[l](positive)" becomes a markdown link by accident: flag relative links in prose.
+  for (const a of main.querySelectorAll('[data-testid="stMarkdownContainer"] a, [data-testid="stCaptionContainer"] a')) {
+    const href = a.getAttribute('href') || '';
+    if (!/^(https?:|mailto:|#|\/)/.test(href)) out.push(`text "${(a.innerText || '').slice(0, 40)}" renders as a link to "${href}"`);
   }
   for (const el of main.querySelectorAll('[data-testid="stElementContainer"]')) {
     const parent = el.parentElement;
