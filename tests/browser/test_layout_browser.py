@@ -57,6 +57,7 @@ def test_page_is_readable_at_both_widths(app_server, browser, screenshots, path,
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 1000})
             wait_idle(page)
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=30_000)
             page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
                                    ".every(el => !!el._fullLayout)", timeout=30_000)
             shown = page.locator('[data-testid="stException"]')
@@ -67,6 +68,8 @@ def test_page_is_readable_at_both_widths(app_server, browser, screenshots, path,
             tall = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
             page.set_viewport_size({"width": width, "height": min(int(tall) + 40, 6000)})
             wait_idle(page)
+            # Elements that scroll into view render lazily (a grey skeleton first): shoot when all are drawn.
+            page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=30_000)
             page.screenshot(path=str(screenshots / f"layout-{path or 'home'}-{width}.png"), full_page=True)
         assert problems == [], "\n".join(problems)
     finally:
