@@ -95,8 +95,10 @@ def cv_accuracy(x: np.ndarray, y: np.ndarray, method: str, *, n_folds: int, C: f
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _logistic_cv(x: Float[np.ndarray, "g n d"], y: np.ndarray, folds, C: float, device: torch.device):
-    """Unit CAVs (g, d), fold accuracies (g, f) for ``g`` problems sharing labels and folds.
+def _logistic_cv(x: Float[np.ndarray, "g n d"], y: np.ndarray, folds, C: float, device: torch.device,
+                 n_full: int | None = None):
+    """Unit CAVs (h, d) of the first ``n_full`` problems (default all), fold accuracies (g, f)
+    of all ``g`` problems sharing labels and folds.
 
     Rows are centred per problem (it moves only the intercept) and each problem's
     Gram matrix is formed once; all folds are sub-blocks of it.
@@ -104,8 +106,9 @@ def _logistic_cv(x: Float[np.ndarray, "g n d"], y: np.ndarray, folds, C: float, 
     xt = torch.as_tensor(np.asarray(x), device=device).double()
     xc = xt - xt.mean(1, keepdim=True)
     K = xc @ xc.transpose(1, 2)
-    alpha, _, acc = cross_validate_gram(K, torch.as_tensor(y, dtype=torch.float64, device=device), folds, C)
-    w = (xc.transpose(1, 2) @ alpha[..., None])[..., 0]
+    alpha, _, acc = cross_validate_gram(K, torch.as_tensor(y, dtype=torch.float64, device=device), folds, C,
+                                        n_full=n_full)
+    w = (xc[: len(alpha)].transpose(1, 2) @ alpha[..., None])[..., 0]
     return unit(w.cpu().numpy()), None, acc.cpu().numpy()
 
 
@@ -268,7 +271,7 @@ def null_accuracies(neg: Float[np.ndarray, "l m d"], n: int, config: CavConfig, 
     if config.method == "logistic":
         x = np.stack([neg[:, idx] for idx in draws])  # (r, l, 2n, d)
         acc = _logistic_cv(x.reshape(-1, 2 * n, neg.shape[2]), y, folds_for(y, config.n_folds, config.seed),
-                           config.C, torch.device(device or "cpu"))[2]
+                           config.C, torch.device(device or "cpu"), n_full=0)[2]
         return acc.mean(-1).reshape(len(draws), neg.shape[0]).T
     out = np.zeros((neg.shape[0], config.n_random))
     for r, idx in enumerate(draws):
@@ -322,9 +325,10 @@ def fit_cavs_arrays(
         if config.method == "logistic":
             # the concepts of this size and their shared null, all layers, as one batch
             x = np.concatenate([np.stack([rows[names[ci]] for ci in group]), np.stack([negatives[:, idx] for idx in draws])])
-            v, _, fold_acc = _logistic_cv(x.reshape(-1, 2 * n, d), y, folds, config.C, dev)
-            v, fold_acc = v.reshape(len(x), n_l, d), fold_acc.reshape(len(x), n_l, -1)
-            vecs[group] = v[: len(group)]
+            # the null's vectors are never used: only its folds are fitted
+            v, _, fold_acc = _logistic_cv(x.reshape(-1, 2 * n, d), y, folds, config.C, dev, n_full=len(group) * n_l)
+            v, fold_acc = v.reshape(len(group), n_l, d), fold_acc.reshape(len(x), n_l, -1)
+            vecs[group] = v
             acc[group], acc_std[group] = fold_acc[: len(group)].mean(-1), fold_acc[: len(group)].std(-1)
             rand[group] = fold_acc[len(group):].mean(-1).T
         else:

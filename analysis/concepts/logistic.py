@@ -50,20 +50,50 @@ def _softplus_neg(m: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _one_cpu_thread(device: torch.device):
-    """Batched LAPACK on CPU: one torch thread per call is ~20x faster than two.
+    """Batched LAPACK on CPU: one torch (and BLAS) thread per call is ~20x faster than two.
 
     torch splits the batch over OpenMP threads and each calls a threaded LAPACK;
-    on a small shared machine that oversubscribes the cores and they spin.
+    on a small shared machine that oversubscribes the cores and they spin. The
+    CPU solves call SciPy's LAPACK (:func:`_spd_solve`), whose OpenBLAS has its
+    own thread pool: it is held to one thread too.
     """
     if device.type != "cpu":
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(1):
+            yield
     finally:
         torch.set_num_threads(old)
+
+
+def _spd_solve(B: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """B⁻¹·rhs for a batch of symmetric positive definite B (B is overwritten; NaN where B is not PD).
+
+    CPU: LAPACK potrf/potrs per matrix through SciPy, which skips the full pass
+    that ``torch.linalg.cholesky_ex`` spends zeroing the upper triangle (on
+    160×160 blocks that pass costs as much as the factorisation) and releases
+    the GIL, so the chunks run on all cores. Other devices: torch, batched.
+    """
+    if B.device.type != "cpu":
+        L, info = torch.linalg.cholesky_ex(B)
+        z = torch.cholesky_solve(rhs, L)
+        return torch.where((info != 0)[:, None, None], torch.full_like(z, float("nan")), z)
+    from scipy.linalg import lapack
+
+    Bn, rn = B.numpy(), rhs.contiguous().numpy()
+    out = np.empty_like(rn)
+    for i in range(len(Bn)):
+        c, info = lapack.dpotrf(Bn[i].T, lower=1, clean=0, overwrite_a=1)  # .T: the Fortran view of a symmetric matrix
+        if info:
+            out[i] = np.nan
+        else:
+            out[i], _ = lapack.dpotrs(c, rn[i], lower=1)
+    return torch.from_numpy(out)
 
 
 def _start(K, ys, s, pos, neg, C, iters: int = 30):
@@ -81,11 +111,16 @@ def _start(K, ys, s, pos, neg, C, iters: int = 30):
     lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
     M = M + lam[:, None, None] * torch.eye(K.shape[1], dtype=K.dtype, device=K.device)
     target = live * (ys - (s * ys).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
-    a0 = torch.cholesky_solve(target[..., None], torch.linalg.cholesky_ex(M)[0])[..., 0] * live
+    a0 = _spd_solve(M, target[..., None])[..., 0] * live
     u = (K @ a0[..., None])[..., 0]  # scores of the direction
     q = (a0 * u).sum(-1)  # its squared norm
-    t = torch.zeros_like(pos)
     b = torch.log(pos / neg)
+    # coarse scale first (a log grid, one vectorised pass), so the Newton below starts near
+    # its optimum instead of walking there in ~unit margin steps
+    grid = 2.0 ** torch.arange(-6, 13, dtype=K.dtype, device=K.device) / u.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    m = ys[:, None, :] * (grid[..., None] * u[:, None, :] + b[:, None, None])
+    obj = 0.5 * grid**2 * q[:, None] + C * (s[:, None, :] * _softplus_neg(m)).sum(-1)
+    t = grid.gather(1, obj.argmin(-1, keepdim=True))[:, 0]
     for _ in range(iters):
         m = ys * (t[:, None] * u + b[:, None])
         p = torch.sigmoid(-m)
@@ -99,6 +134,8 @@ def _start(K, ys, s, pos, neg, C, iters: int = 30):
         size = (dt.abs()[:, None] * u.abs() + db.abs()[:, None]).amax(-1)
         scale = (4.0 / size.clamp_min(1e-300)).clamp(max=1.0)
         t, b = t + scale * dt, b + scale * db
+        if bool((size < 1e-3).all()):  # every margin moved < 1e-3: the 2-D Newton has converged
+            break
     return t[:, None] * a0, b
 
 
@@ -208,7 +245,12 @@ def _newton_primal(xc, y, C, sample_weight, tol, max_iter):
 
 
 def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
-    """Damped Newton on (α, b); problems leave the batch as soon as they converge."""
+    """Damped Newton on (α, b); problems leave the batch as soon as they converge.
+
+    Per step K is read twice: once for K·[α, g] and once for K·W½Z (both
+    right-hand sides of the solve at once). K·Δα needs no product: Δf = K·Δα + Δb
+    by definition, so K·Δα = Δf − Δb.
+    """
     bsz, n, _ = K.shape
     dev = K.device
     ys, s, pos, neg = _labels_weights(y, sample_weight, K.shape[:2], dev)
@@ -217,36 +259,35 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
     else:
         alpha, b = (_as_tensor(v, dev).clone() for v in init)
         alpha = alpha * (s > 0)  # the representation lives on the rows of the problem
-    eye = torch.eye(n, dtype=torch.float64, device=dev)
     act = torch.arange(bsz, device=dev)  # problems still iterating
     Ka_, ys_, s_, a_, b_ = K, ys, s, alpha, b
+    Ka = (K @ alpha[..., None])[..., 0]
     for it in range(max_iter):
         ITERS[0] += len(act)
-        Ka = (Ka_ @ a_[..., None])[..., 0]
         f = Ka + b_[:, None]
         p = torch.sigmoid(-ys_ * f)  # probability of the wrong class
         g = -C * s_ * ys_ * p  # d(data term)/df
         W = C * s_ * p * (1 - p)
         r = a_ + g
-        Kr = (Ka_ @ r[..., None])[..., 0]
+        Kr = Ka + (Ka_ @ g[..., None])[..., 0]
         gsum = g.sum(-1)
         sw = W.sqrt()
-        L, _ = torch.linalg.cholesky_ex(eye + sw[:, :, None] * Ka_ * sw[:, None, :])
-
-        def solve_a(v: torch.Tensor) -> torch.Tensor:
-            """(I + KW)⁻¹ v = v − K W½ B⁻¹ W½ v."""
-            z = torch.cholesky_solve((sw * v)[..., None], L)[..., 0]
-            return v - (Ka_ @ (sw * z)[..., None])[..., 0]
-
-        u1 = solve_a(-Kr)
-        u2 = solve_a(torch.ones_like(r))
+        B = Ka_ * (sw[:, :, None] * sw[:, None, :])
+        B.diagonal(dim1=1, dim2=2).add_(1.0)
+        # (I + KW)⁻¹ v = v − K W½ B⁻¹ W½ v, for v = −Kr and v = 1 in one solve
+        rhs = torch.stack([-Kr, torch.ones_like(r)], -1)
+        z = _spd_solve(B, sw[..., None] * rhs)
+        del B
+        u = rhs - Ka_ @ (sw[..., None] * z)
+        u1, u2 = u[..., 0], u[..., 1]
         denom = (W * u2).sum(-1)
         db = (-gsum - (W * u1).sum(-1)) / torch.where(denom.abs() > 1e-300, denom, torch.ones_like(denom))
         df = u1 + u2 * db[:, None]
         da = -r - W * df
-        Kda = (Ka_ @ da[..., None])[..., 0]
+        Kda = df - db[:, None]  # Δf = K·Δα + Δb
         slope = (r * Kda).sum(-1) + gsum * db  # ∇J·Δ = −(Newton decrement)²
-        obj = 0.5 * (a_ * Ka).sum(-1) + C * (s_ * _softplus_neg(ys_ * f)).sum(-1)
+        aKa = (a_ * Ka).sum(-1)
+        obj = 0.5 * aKa + C * (s_ * _softplus_neg(ys_ * f)).sum(-1)
         gnorm = torch.sqrt((r * Kr).sum(-1).clamp_min(0) + gsum**2)
         if it == 0:
             g0 = torch.zeros(bsz, dtype=torch.float64, device=dev)
@@ -255,16 +296,19 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
         # solve can make the first small while the second is not
         done = (-slope <= tol * obj) & (gnorm <= 1e-4 * g0[act])
         done |= ~torch.isfinite(slope)
-        tt = _line_search((a_ * Ka).sum(-1), (a_ * Kda).sum(-1), (da * Kda).sum(-1), f, df, ys_, s_, C, slope)
+        tt = _line_search(aKa, (a_ * Kda).sum(-1), (da * Kda).sum(-1), f, df, ys_, s_, C, slope)
         tt = torch.where(done, torch.zeros_like(tt), tt)
-        alpha[act] = a_ + tt[:, None] * da
-        b[act] = b_ + tt * db
+        a_ = a_ + tt[:, None] * da
+        b_ = b_ + tt * db
+        Ka = Ka + tt[:, None] * Kda
+        alpha[act], b[act] = a_, b_
         if bool(done.all()):
             break
         if bool(done.any()):
-            act = act[~done]
+            keep = ~done
+            act = act[keep]
             Ka_, ys_, s_ = K[act], ys[act], s[act]
-        a_, b_ = alpha[act], b[act]
+            a_, b_, Ka = a_[keep], b_[keep], Ka[keep]
     return alpha, b
 
 
@@ -317,12 +361,15 @@ def cross_validate_gram(
     *,
     tol: float = 1e-10,
     max_iter: int = 100,
-) -> tuple[Float[torch.Tensor, "g n"], Float[torch.Tensor, " g"], Float[torch.Tensor, "g f"]]:
+    n_full: int | None = None,
+) -> tuple[Float[torch.Tensor, "h n"], Float[torch.Tensor, " h"], Float[torch.Tensor, "g f"]]:
     """Full fit and k-fold held-out accuracy of ``g`` problems that share labels and folds.
 
     ``K`` is each problem's Gram matrix over all its ``n`` rows; ``folds`` are
     ``(train, test)`` index arrays (e.g. sklearn's ``StratifiedKFold.split``).
-    Returns the full-data ``(α, b)`` and the accuracy per fold. Each fold is a
+    Returns the full-data ``(α, b)`` of the first ``n_full`` problems (default:
+    all; a null whose vectors are never used needs only its folds) and the
+    accuracy per fold of all ``g``. Each fold is a
     sub-block of K (no features needed), and every
     fold of every problem is one batched solve. Folds start cold (:func:`_start`):
     the full fit's α cut to the training rows is a worse start (measured: 18-46
@@ -331,7 +378,11 @@ def cross_validate_gram(
     g, n, _ = K.shape
     dev = K.device
     y = _as_tensor(y, dev)
-    alpha, b = fit_logistic_gram(K, y.expand(g, n), C, tol=tol, max_iter=max_iter)
+    h = g if n_full is None else n_full
+    if h:
+        alpha, b = fit_logistic_gram(K[:h], y.expand(h, n), C, tol=tol, max_iter=max_iter)
+    else:
+        alpha, b = K.new_zeros(0, n), K.new_zeros(0)
     n_tr = max(len(tr) for tr, _ in folds)
     n_te = max(len(te) for _, te in folds)
 
