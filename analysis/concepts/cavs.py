@@ -37,7 +37,7 @@ from jaxtyping import Bool, Float
 
 from analysis import vectors
 from analysis.activations import extract, resid_hooks
-from analysis.concepts.logistic import cross_validate_gram, fit_logistic_batched
+from analysis.concepts.logistic import cross_validate_gram, cross_validate_pool, fit_logistic_batched
 from analysis.concepts.sets import DEFAULT_BACKGROUND, ConceptSet, check_name
 from analysis.progress import Progress, report
 from analysis.recipes import check_config_keys
@@ -280,6 +280,44 @@ def null_accuracies(neg: Float[np.ndarray, "l m d"], n: int, config: CavConfig, 
     return out
 
 
+class _RowPool:
+    """Every layer's background and concept rows as one pool, with one Gram matrix per layer.
+
+    Each CAV problem (a concept's sample against a background sample) and each
+    null split (two background halves) is a set of pool rows, so the pool's
+    Gram matrix (centred by the pool mean; the logistic w does not depend on the
+    centring) is formed once per layer and every problem's and fold's matrix is
+    gathered from it, instead of stacking and multiplying each problem's rows.
+    """
+
+    def __init__(self, negatives: np.ndarray, positives: dict[str, np.ndarray], device: torch.device):
+        parts = [negatives] + list(positives.values())
+        self.offset = dict(zip([None, *positives], np.cumsum([0] + [p.shape[1] for p in parts])[:-1].tolist()))
+        x = torch.as_tensor(np.concatenate(parts, axis=1), device=device).double()  # (l, R, d)
+        self.x = x - x.mean(1, keepdim=True)
+        self.gram = self.x @ self.x.transpose(1, 2)
+        self.n_layers = x.shape[0]
+
+    def rows(self, concept: str | None, idx) -> np.ndarray:
+        """Pool rows of a problem: ``(positive rows, background rows)`` of ``concept``, or background rows."""
+        if concept is None:
+            return np.asarray(idx)
+        pos_idx, neg_idx = idx
+        return np.concatenate([self.offset[concept] + np.asarray(pos_idx), np.asarray(neg_idx)])
+
+    def fit(self, problems: list[np.ndarray], y: np.ndarray, folds, C: float, *, n_full: int):
+        """Unit CAVs (n_full, l, d) of the first ``n_full`` problems and fold accuracies (problems, l, f)."""
+        n_l, dev = self.n_layers, self.gram.device
+        rows = torch.as_tensor(np.repeat(np.stack(problems), n_l, axis=0), device=dev)  # problem-major, then layer
+        layer = torch.arange(n_l, device=dev).repeat(len(problems))
+        alpha, _, acc = cross_validate_pool(self.gram, layer, rows, torch.as_tensor(y, dtype=torch.float64, device=dev),
+                                            folds, C, n_full=n_full * n_l)
+        r = rows[: n_full * n_l]
+        w = (self.x[layer[: n_full * n_l, None], r].transpose(1, 2) @ alpha[..., None])[..., 0]
+        return (unit(w.cpu().numpy()).reshape(n_full, n_l, -1),
+                acc.cpu().numpy().reshape(len(problems), n_l, -1))
+
+
 def fit_cavs_arrays(
     positives: dict[str, Float[np.ndarray, "l n d"]],
     negatives: Float[np.ndarray, "l m d"],
@@ -306,7 +344,7 @@ def fit_cavs_arrays(
     acc, acc_std = np.zeros((len(names), n_l)), np.zeros((len(names), n_l))
     rand = np.zeros((len(names), n_l, config.n_random))
     sizes = np.zeros(len(names), np.int64)
-    rows: dict[str, np.ndarray] = {}
+    picked: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # sampled (positive, background) rows
     for ci, name in enumerate(names):
         pos = positives[name]
         n = min(pos.shape[1], m, config.max_texts or pos.shape[1])
@@ -315,26 +353,28 @@ def fit_cavs_arrays(
         rng = seeded_rng(config.seed, "sample", name)
         pos_idx = np.sort(rng.choice(pos.shape[1], n, replace=False))
         neg_idx = np.sort(rng.choice(m, n, replace=False))
-        rows[name] = np.concatenate([pos[:, pos_idx], negatives[:, neg_idx]], axis=1)  # (l, 2n, d)
+        picked[name] = (pos_idx, neg_idx)
         sizes[ci] = n
+    if config.method == "logistic":
+        pool = _RowPool(negatives, {name: positives[name] for name in names}, dev)
     for k, n in enumerate(sorted(set(sizes.tolist()))):
         group = [ci for ci in range(len(names)) if sizes[ci] == n]
         y = np.r_[np.ones(n, int), np.zeros(n, int)]
         folds = folds_for(y, config.n_folds, config.seed)
         draws = _null_draws(m, n, config)
         if config.method == "logistic":
-            # the concepts of this size and their shared null, all layers, as one batch
-            x = np.concatenate([np.stack([rows[names[ci]] for ci in group]), np.stack([negatives[:, idx] for idx in draws])])
-            # the null's vectors are never used: only its folds are fitted
-            v, _, fold_acc = _logistic_cv(x.reshape(-1, 2 * n, d), y, folds, config.C, dev, n_full=len(group) * n_l)
-            v, fold_acc = v.reshape(len(group), n_l, d), fold_acc.reshape(len(x), n_l, -1)
+            # the concepts of this size and their shared null, all layers, as one batch; the
+            # null's vectors are never used, so only its folds are fitted
+            problems = [pool.rows(names[ci], picked[names[ci]]) for ci in group] + [pool.rows(None, idx) for idx in draws]
+            v, fold_acc = pool.fit(problems, y, folds, config.C, n_full=len(group))
             vecs[group] = v
             acc[group], acc_std[group] = fold_acc[: len(group)].mean(-1), fold_acc[: len(group)].std(-1)
             rand[group] = fold_acc[len(group):].mean(-1).T
         else:
             for ci in group:
+                pos_idx, neg_idx = picked[names[ci]]
                 for li in range(n_l):
-                    x, _ = rows[names[ci]][li], None
+                    x = np.concatenate([positives[names[ci]][li, pos_idx], negatives[li, neg_idx]])
                     w, _ = FITTERS[config.method](x, y, C=config.C, seed=config.seed)
                     vecs[ci, li] = unit(w)
                     acc[ci, li], acc_std[ci, li] = cv_accuracy(x, y, config.method, n_folds=config.n_folds,

@@ -272,7 +272,8 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
         Kr = Ka + (Ka_ @ g[..., None])[..., 0]
         gsum = g.sum(-1)
         sw = W.sqrt()
-        B = Ka_ * (sw[:, :, None] * sw[:, None, :])
+        B = Ka_ * sw[:, :, None]
+        B *= sw[:, None, :]
         B.diagonal(dim1=1, dim2=2).add_(1.0)
         # (I + KW)⁻¹ v = v − K W½ B⁻¹ W½ v, for v = −Kr and v = 1 in one solve
         rhs = torch.stack([-Kr, torch.ones_like(r)], -1)
@@ -368,21 +369,50 @@ def cross_validate_gram(
     ``K`` is each problem's Gram matrix over all its ``n`` rows; ``folds`` are
     ``(train, test)`` index arrays (e.g. sklearn's ``StratifiedKFold.split``).
     Returns the full-data ``(α, b)`` of the first ``n_full`` problems (default:
-    all; a null whose vectors are never used needs only its folds) and the
-    accuracy per fold of all ``g``. Each fold is a
-    sub-block of K (no features needed), and every
-    fold of every problem is one batched solve. Folds start cold (:func:`_start`):
-    the full fit's α cut to the training rows is a worse start (measured: 18-46
-    Newton steps against 8-9).
+    all) and the accuracy per fold of all ``g``. See :func:`cross_validate_pool`.
     """
     g, n, _ = K.shape
-    dev = K.device
+    rows = torch.arange(n, device=K.device).expand(g, n)
+    return cross_validate_pool(K, torch.arange(g, device=K.device), rows, y, folds, C,
+                               tol=tol, max_iter=max_iter, n_full=n_full)
+
+
+def cross_validate_pool(
+    G: Float[torch.Tensor, "p r r"],
+    pool: Float[torch.Tensor, " g"],
+    rows: Float[torch.Tensor, "g n"],
+    y: Float[torch.Tensor, " n"],
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    C: float,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    n_full: int | None = None,
+) -> tuple[Float[torch.Tensor, "h n"], Float[torch.Tensor, " h"], Float[torch.Tensor, "g f"]]:
+    """:func:`cross_validate_gram` for problems whose rows are drawn from shared pools.
+
+    ``G[p]`` is the Gram matrix of pool ``p``'s rows (centred by any fixed
+    vector: with an unpenalised intercept the fitted w and the predictions do not
+    depend on it); problem ``i`` is the rows ``rows[i]`` of pool ``pool[i]``, with
+    labels ``y``. So a pool's Gram matrix is formed once for all the problems and
+    folds drawn from it, and each problem's blocks are gathered from it. Returns
+    ``(α, b)`` of the first ``n_full`` problems (default all; a null whose vectors
+    are never used needs only its folds, ``n_full=0``) and the accuracy per fold
+    of every problem. Folds start cold (:func:`_start`): the full fit's α cut to
+    the training rows is a worse start (measured: 18-46 Newton steps against 8-9).
+    """
+    g, n = rows.shape
+    dev = G.device
     y = _as_tensor(y, dev)
+    pool = torch.as_tensor(pool, device=dev)
+    rows = torch.as_tensor(rows, device=dev)
     h = g if n_full is None else n_full
     if h:
-        alpha, b = fit_logistic_gram(K[:h], y.expand(h, n), C, tol=tol, max_iter=max_iter)
+        r = rows[:h]
+        alpha, b = fit_logistic_gram(G[pool[:h, None, None], r[:, :, None], r[:, None, :]], y.expand(h, n), C,
+                                     tol=tol, max_iter=max_iter)
     else:
-        alpha, b = K.new_zeros(0, n), K.new_zeros(0)
+        alpha, b = G.new_zeros(0, n), G.new_zeros(0)
     n_tr = max(len(tr) for tr, _ in folds)
     n_te = max(len(te) for _, te in folds)
 
@@ -394,14 +424,17 @@ def cross_validate_gram(
             live[i, : len(part)] = 1
         return idx, live
 
-    tr, tr_live = padded([f[0] for f in folds], n_tr)  # (F, T)
+    tr, tr_live = padded([f[0] for f in folds], n_tr)  # (F, T); padding has weight 0
     te, te_live = padded([f[1] for f in folds], n_te)
     nf = len(folds)
-    k_tr = K[:, tr[:, :, None], tr[:, None, :]].reshape(g * nf, n_tr, n_tr)
+    p4 = pool[:, None, None, None]
+    r_tr, r_te = rows[:, tr], rows[:, te]  # (g, F, T), (g, F, E)
+    k_tr = G[p4, r_tr[..., :, None], r_tr[..., None, :]].reshape(g * nf, n_tr, n_tr)
     y_tr = y[tr].expand(g, nf, n_tr).reshape(g * nf, n_tr)
     w_tr = tr_live.expand(g, nf, n_tr).reshape(g * nf, n_tr)
-    a_f, b_f = fit_logistic_gram(k_tr, y_tr, C, sample_weight=w_tr, tol=tol, max_iter=max_iter, )
-    k_te = K[:, te[:, :, None], tr[:, None, :]].reshape(g * nf, n_te, n_tr)
+    a_f, b_f = fit_logistic_gram(k_tr, y_tr, C, sample_weight=w_tr, tol=tol, max_iter=max_iter)
+    del k_tr
+    k_te = G[p4, r_te[..., :, None], r_tr[..., None, :]].reshape(g * nf, n_te, n_tr)
     scores = (k_te @ (a_f * w_tr)[..., None])[..., 0] + b_f[:, None]
     right = ((scores > 0).double() == y[te].expand(g, nf, n_te).reshape(g * nf, n_te)).double()
     acc = (right * te_live.repeat(g, 1)).sum(-1) / te_live.sum(-1).repeat(g)
