@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from analysis.activations import resid_hook
+from analysis.activations import resid_hook, run_blocks
 from analysis.logprobs import per_text_nll
 from analysis.models import LoadedModel
 from analysis.recipes import check_config_keys
@@ -187,15 +187,14 @@ def inspect_prompt(lm: LoadedModel, text: str, top_k: int = 10, *, lens: bool = 
     _check_prompt(lm, text)
     ids, mask = lm.tokenize([text])
     n_layers = lm.n_layers
-    wanted = {resid_hook(l) for l in range(n_layers)} | {pattern_hook(l) for l in range(n_layers)}
-    with lm.locked() as model:
-        logits, cache = model.run_with_cache(
-            ids, attention_mask=mask, names_filter=lambda name: name in wanted
-        )
+    # the pass ends at the final norm: only the last position is unembedded (the next-token
+    # bars); the lens later unembeds the rest from the kept residuals, in one fused pass
+    cache = run_blocks(lm, ids, mask, [resid_hook(l) for l in range(n_layers)] + [pattern_hook(l) for l in range(n_layers)])
     # .to(lm.device): with a model split over devices, each layer's cache sits on that layer's device.
     resid = torch.stack([cache[resid_hook(l)][0].to(lm.device) for l in range(n_layers)])  # (L, T, d)
     attention = torch.stack([cache[pattern_hook(l)][0].to(lm.device) for l in range(n_layers)])
-    next_lp = torch.log_softmax(logits[0, -1].float(), dim=-1)
+    with lm.locked() as model:
+        next_lp = lens_log_probs(model, resid[-1, -1:].to(next(iter(model.parameters())).device))[0].to(lm.device)
     next_lp, next_ids = next_lp.topk(top_k)
     decode = _decoder(lm)
     token_ids = ids[0].cpu().numpy()
@@ -238,10 +237,14 @@ def add_lens(lm: LoadedModel, insp: PromptInspection, top_k: int | None = None) 
 
 
 def lens_log_probs(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
-    """Logit lens: log_softmax(unembed(ln_final(resid))), the model's own modules."""
+    """Logit lens: log_softmax(unembed(ln_final(resid))), the model's own modules (and its
+    final-logit softcap, if it has one, as in the forward pass)."""
     shape = resid.shape
     flat = resid.reshape(1, -1, shape[-1])
     logits = model.unembed(model.ln_final(flat)).float()
+    cap = _unembedding(model)[2]
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
     return torch.log_softmax(logits, dim=-1).reshape(*shape[:-1], -1)
 
 
