@@ -64,13 +64,15 @@ def _show_quality(loaded) -> None:
     if not q:
         st.caption("No quality.json next to this SAE: reconstruction quality unknown.")
         return
-    cols = st.columns(5)
+    # Two rows of metrics: five in one row were cut off ("FVU (held…") on a page 1000 px wide.
+    cols = st.columns(2)
     cols[0].metric("FVU (held out)", f"{q['fvu']:.3f}", help="fraction of variance unexplained")
     cols[1].metric("mean L0", f"{q['mean_l0']:.1f}", help="active latents per token")
-    cols[2].metric("LM loss clean", f"{q['ce_clean']:.3f}")
-    cols[3].metric("with SAE spliced", f"{q['ce_spliced']:.3f}",
+    cols = st.columns(3)
+    cols[0].metric("LM loss clean", f"{q['ce_clean']:.3f}")
+    cols[1].metric("with SAE spliced", f"{q['ce_spliced']:.3f}",
                    delta=f"{q['ce_spliced'] - q['ce_clean']:+.3f}", delta_color="inverse")
-    cols[4].metric("resid zeroed", f"{q['ce_zero_ablated']:.3f}")
+    cols[2].metric("resid zeroed", f"{q['ce_zero_ablated']:.3f}")
     st.caption(f"Measured on {q['n_texts']} held-out texts ({q['n_tokens']} tokens); "
                f"loss recovered {100 * q['loss_recovered']:.1f}%.")
 
@@ -88,7 +90,9 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     from analysis.saes.figures import (
         concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
     )
-    from analysis.saes.probes import POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe
+    from analysis.saes.probes import (
+        POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe, latent_top_tokens,
+    )
 
     st.subheader("Sparse autoencoder latents")
     loaded, source = _pick_sae(lm, layer, key)
@@ -118,10 +122,11 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         neg_texts = tuple(background_texts(cs.background))
         neg_codes = _codes(lm, loaded, lm.fingerprint, sae_key, neg_texts)
     data = compute_concept_latents(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept, pooling)
+    tokens = latent_top_tokens(pos_codes, data.top(top), lambda i: lm.tokenizer.decode([i]))
     config = ConceptLatentsConfig(sae=source, concept=concept, pooling=pooling, top=top).to_dict() if source else None
     recipe = (lambda kind: make_recipe(kind, lm.name, config)) if source else (lambda kind: None)
-    render_figure(concept_latents_figure(data, top), data=data.frame(top), recipe=recipe("sae_concept_latents"),
-                  key=f"{key}-latents", filename=f"sae-latents-{concept}")
+    render_figure(concept_latents_figure(data, top, tokens), data=data.frame(top, tokens),
+                  recipe=recipe("sae_concept_latents"), key=f"{key}-latents", filename=f"sae-latents-{concept}")
     with st.spinner("Cross-validating sparse probes ..."):
         curve = compute_sparse_probe(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept=concept)
     render_figure(probe_accuracy_figure(curve), data=curve.frame(), recipe=recipe("sae_probe_accuracy"),
@@ -135,18 +140,21 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
         codes = _codes(lm, loaded, lm.fingerprint, sae_key, card_texts)
         card = compute_latent_card(lm, loaded, latent, list(card_texts), codes=codes)
     st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(card_texts)} texts).")
-    st.dataframe(card.top_texts, hide_index=True, width="stretch")
+    # Token and value first, in narrow columns: after the text they scrolled out of view at 1000 px.
+    st.dataframe(card.top_texts[["token", "max_activation", "text"]], hide_index=True, width="stretch",
+                 column_config={"token": st.column_config.TextColumn("token", width="small"),
+                                "max_activation": st.column_config.NumberColumn(
+                                    "peak", width="small", format="%.3f",
+                                    help="the latent's largest activation on a token of the text")})
     card_config = LatentCardConfig(sae=source, latent=latent, concepts=tuple(names)).to_dict() if source else None
     card_recipe = (lambda kind: make_recipe(kind, lm.name, card_config)) if source else (lambda kind: None)
-    cols = st.columns(2)
-    with cols[0]:
-        render_figure(latent_histogram_figure(card), data=card.top_texts, recipe=card_recipe("sae_latent_histogram"),
-                      key=f"{key}-hist", filename=f"sae-latent-{latent}-histogram")
-    with cols[1]:
-        import pandas as pd
+    # One figure per row: side by side, their titles, axis titles and buttons were cut off at 1000 px.
+    render_figure(latent_histogram_figure(card), data=card.top_texts, recipe=card_recipe("sae_latent_histogram"),
+                  key=f"{key}-hist", filename=f"sae-latent-{latent}-histogram")
+    import pandas as pd
 
-        frame = pd.DataFrame({"token": card.promoted_tokens, "logit": np.asarray(card.promoted_logits)})
-        render_figure(promoted_tokens_figure(card), data=frame, recipe=card_recipe("sae_promoted_tokens"),
-                      key=f"{key}-promoted", filename=f"sae-latent-{latent}-tokens")
-        st.caption("Direct effect of the decoder row on the logits (W_dec[i] @ W_U, final norm skipped); "
-                   "for middle-layer latents it is often noisy: read the top texts first.")
+    frame = pd.DataFrame({"token": card.promoted_tokens, "logit": np.asarray(card.promoted_logits)})
+    render_figure(promoted_tokens_figure(card), data=frame, recipe=card_recipe("sae_promoted_tokens"),
+                  key=f"{key}-promoted", filename=f"sae-latent-{latent}-tokens")
+    st.caption("Direct effect of the decoder row on the logits (W_dec[i] @ W_U, final norm skipped); "
+               "for middle-layer latents it is often noisy: read the top texts first.")

@@ -94,12 +94,13 @@ def main() -> None:
     concepts = {n: s for n, s in sets.items() if s.kind == "concept"}
     backgrounds = [n for n, s in sets.items() if s.kind == "background"]
 
-    left, right = st.columns(2)
-    chosen = left.multiselect(
+    # A row to itself: in half the width the chosen concepts' names were cut off.
+    chosen = st.multiselect(
         "Concepts", list(concepts), default=[c for c in DEFAULT_CONCEPTS if c in concepts],
         format_func=lambda n: f"{n} ({len(concepts[n].texts)}{', yours' if concepts[n].source == 'workspace' else ''})",
         key="concepts_pick",
     )
+    left, right = st.columns(2)
     background = right.selectbox("Background (negatives)", backgrounds, key="concepts_background")
     top = lm.n_layers - 1
     lo, hi = left.slider("Layers", 0, top, (0, top), key="concepts_layers")
@@ -108,6 +109,11 @@ def main() -> None:
     n_random = right.number_input("Random-split runs (TCAV null)", 1, 50, 10, key="concepts_random")
     max_texts = left.number_input("Max texts per concept (0 = all)", 0, 1000, 0, step=10, key="concepts_max")
     if st.button("Run", type="primary", disabled=not chosen, key="concepts_run"):
+        folds = CavConfig.__dataclass_fields__["n_folds"].default
+        if 0 < max_texts < folds:  # the config would say "or None": the widget's word for all is 0
+            show_error(f"Max texts per concept: {max_texts} is fewer than the {folds} cross-validation folds; "
+                       f"use at least {folds}, or 0 for all texts")
+            st.stop()
         try:
             config = CavConfig(
                 concepts=tuple(chosen), layers=tuple(range(lo, hi + 1)), pooling=pooling, method=method,

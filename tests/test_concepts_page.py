@@ -54,3 +54,13 @@ def test_workspace_concepts_are_listed_and_deletable(page):
     at.button(key="concepts_delete").click().run()
     assert not at.exception
     assert not any(o.startswith("my_topic") for o in at.multiselect(key="concepts_pick").options)
+
+
+def test_too_few_texts_says_the_widgets_word_for_all(page):
+    at = page
+    at.number_input(key="concepts_max").set_value(3)
+    at.button(key="concepts_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "0 for all" in errors[0] and "None" not in errors[0], errors
+    assert not at.get("plotly_chart")  # nothing was fitted

@@ -251,10 +251,31 @@ def test_figures_build(tiny_lm):
 
     rng = np.random.default_rng(1)
     pos, neg = rng.random((20, 10)), rng.random((20, 10))
-    fig = concept_latents_figure(compute_concept_latents(pos, neg, "c"), top=5)
+    data = compute_concept_latents(pos, neg, "c")
+    fig = concept_latents_figure(data, top=5)
     assert len(fig.data[0].y) == 5
+    # One category per latent (a numeric axis of ids drew hairline bars), named by id and top tokens.
+    top = [int(i) for i in data.top(5)]
+    fig = concept_latents_figure(data, top=5, tokens={top[0]: (" good", "great")})
+    assert fig.layout.yaxis.type == "category"
+    assert fig.data[0].y[-1] == f"#{top[0]}: ' good' 'great'" and fig.data[0].y[0] == f"#{top[4]}"
+    assert list(data.frame(5, {top[0]: ("a", "b")})["top_tokens"]) == ["a | b", "", "", "", ""]
     fig = probe_accuracy_figure(compute_sparse_probe(pos, neg, ks=(1, 2)))
     assert list(fig.data[0].x) == [1, 2]
+
+
+def test_latent_top_tokens_are_distinct_peaks_where_the_latent_fires():
+    from analysis.saes.probes import TokenCodes, latent_top_tokens
+
+    # 6 tokens of two texts, 3 latents. Latent 0 peaks on token 7 (twice), then 9, then 5;
+    # latent 1 fires only on token 5; latent 2 never fires.
+    codes = np.array([[0.9, 0.0, 0.0], [0.5, 0.0, 0.0], [0.8, 0.0, 0.0],
+                      [0.2, 0.3, 0.0], [0.0, 0.0, 0.0], [0.7, 0.0, 0.0]])
+    ids = np.array([7, 9, 7, 5, 3, 7])
+    tc = TokenCodes(codes, np.array([0, 3, 6]), ids)
+    got = latent_top_tokens(tc, [0, 1, 2], lambda i: f"t{i}", n=3)
+    assert got == {0: ("t7", "t9", "t5"), 1: ("t5",), 2: ()}
+    assert latent_top_tokens(tc, [0], str, n=1) == {0: ("7",)}
 
 
 # ---------------------------------------------------------------- the shipped SAE on the real model
@@ -338,6 +359,23 @@ def test_recipe_kinds_are_registered():
                             "sae_promoted_tokens"}
     for fn in ("concept_latents_recipe", "probe_recipe", "latent_histogram_recipe", "promoted_tokens_recipe"):
         assert callable(getattr(recipes, fn))
+
+
+def test_concept_latents_recipe_names_each_latent_by_its_peak_tokens(tiny_lm, tmp_path):
+    from analysis.concepts import load_concepts
+    from analysis.saes.probes import token_codes
+    from analysis.saes.recipes import concept_latents_recipe
+
+    hook = "blocks.1.hook_resid_post"
+    build_sae(_hand_state(32, 64, seed=5), 4, hook, "tiny").save_model(tmp_path / "sae")
+    fig, frame = concept_latents_recipe(tiny_lm, {"sae": str(tmp_path / "sae"), "concept": "food_aspect", "top": 5})
+    assert fig.layout.yaxis.type == "category" and len(frame) == 5
+    # Oracle for the strongest latent: its largest per-token code over the concept's texts, found directly.
+    codes = token_codes(tiny_lm, load_sae(str(tmp_path / "sae")), list(load_concepts()["food_aspect"].texts))
+    latent = int(frame["latent"][0])
+    peak = tiny_lm.tokenizer.decode([int(codes.token_ids[int(np.argmax(codes.codes[:, latent]))])])
+    assert frame["top_tokens"][0].split(" | ")[0] == peak
+    assert fig.data[0].y[-1].startswith(f"#{latent}: {peak!r}")  # bars run bottom-up: the strongest is last
 
 
 def test_truncated_weights_in_a_folder_are_rejected(tmp_path):

@@ -58,7 +58,11 @@ def accuracy_figure(result, *, title: str | None = None) -> go.Figure:
     fig.add_hline(y=0.5, line=dict(color=BACKGROUND_GREY, dash="dot", width=1))
     fig.update_layout(
         title=title or "CAV held-out accuracy by layer (shaded: random-split band; hollow: not significant)",
-        xaxis_title="layer", xaxis_dtick=1, yaxis_title="held-out accuracy", yaxis_range=[0.3, 1.02],
+        # The layer axis spans its data (autorange padded a marker's width: −1 to 18 for 18 layers).
+        xaxis=dict(title="layer", dtick=1, range=[min(layers) - 0.4, max(layers) + 0.4]),
+        yaxis_title="held-out accuracy", yaxis_range=[0.3, 1.02],
+        # Below the plot: on the right, the legend left the bars a third of a 1000 px page.
+        height=520, legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
     )
     return apply_theme(fig)
 

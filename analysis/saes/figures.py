@@ -7,20 +7,33 @@ import plotly.graph_objects as go
 from analysis.figures.theme import QUALITATIVE, apply_theme
 
 
-def concept_latents_figure(data, top: int = 20) -> go.Figure:
-    """Horizontal bars: the ``top`` latents by mean pooled code, concept minus background."""
+def latent_label(latent: int, tokens=()) -> str:
+    """``#1234: 'good' 'great'``: a latent named by its id and (quoted, so spaces show) its top tokens."""
+    return f"#{int(latent)}: " + " ".join(repr(t) for t in tokens) if tokens else f"#{int(latent)}"
+
+
+def concept_latents_figure(data, top: int = 20, tokens: dict[int, tuple[str, ...]] | None = None) -> go.Figure:
+    """Horizontal bars: the ``top`` latents by mean pooled code, concept minus background.
+
+    One bar per latent on a categorical axis, labelled with the latent id and, given ``tokens``
+    (``analysis.saes.latent_top_tokens``), the tokens of the concept's texts where it peaks.
+    """
     frame = data.frame(top).iloc[::-1]
+    tokens = tokens or {}
+    labels = [latent_label(i, tokens.get(int(i), ())) for i in frame["latent"]]
     fig = go.Figure(go.Bar(
-        x=frame["diff"], y=[f"#{i}" for i in frame["latent"]], orientation="h",
+        x=frame["diff"], y=labels, orientation="h",
         marker_color=QUALITATIVE[0],
         customdata=frame[["mean_concept", "mean_background"]].to_numpy(),
         hovertemplate="latent %{y}<br>diff %{x:.3f}<br>concept %{customdata[0]:.3f}"
                       "<br>background %{customdata[1]:.3f}<extra></extra>",
     ))
     fig.update_layout(
-        title=f"SAE latents of '{data.concept}' ({data.pooling}-pooled, {data.n_pos} vs {data.n_neg} texts)",
-        xaxis_title="mean activation: concept − background", yaxis_title="latent",
-        height=max(360, 22 * len(frame) + 140),
+        title=(f"SAE latents of '{data.concept}': mean activation, concept − background "
+               f"({data.pooling}-pooled, {data.n_pos} vs {data.n_neg} texts)"),
+        xaxis_title="concept − background",  # short: long latent labels leave the bars little width
+        yaxis=dict(title="latent: top tokens in the concept's texts" if tokens else "latent", type="category"),
+        height=max(360, 24 * len(frame) + 140), bargap=0.25,
     )
     return apply_theme(fig)
 

@@ -6,7 +6,9 @@ BOS). Max pooling suits sparse latents: a latent that fires on one word of a
 sentence keeps its full value.
 
 * Concept latents: diff_i = mean_pos(code_i) − mean_neg(code_i), positives the
-  concept's texts, negatives the background set (Methods §1-2).
+  concept's texts, negatives the background set (Methods §1-2). Each latent is
+  named by its id and the distinct tokens of the concept's texts on which its
+  code peaks (:func:`latent_top_tokens`).
 * Sparse probe: L2 logistic regression (class-balanced) on the top-k latents
   by |diff|, scored by stratified k-fold *balanced* accuracy (chance = 0.5
   whatever the class sizes: the background set is larger than a concept's)
@@ -94,10 +96,14 @@ class ConceptLatents:
         """Latents with the largest positive difference (the concept's own latents)."""
         return np.argsort(-self.diff, kind="stable")[:n]
 
-    def frame(self, n: int = 20) -> pd.DataFrame:
+    def frame(self, n: int = 20, tokens: dict[int, tuple[str, ...]] | None = None) -> pd.DataFrame:
+        """The top ``n`` latents; ``tokens`` (from :func:`latent_top_tokens`) adds a ``top_tokens`` column."""
         idx = self.top(n)
-        return pd.DataFrame({"latent": idx, "diff": self.diff[idx], "mean_concept": self.mean_pos[idx],
-                             "mean_background": self.mean_neg[idx]})
+        frame = pd.DataFrame({"latent": idx, "diff": self.diff[idx], "mean_concept": self.mean_pos[idx],
+                              "mean_background": self.mean_neg[idx]})
+        if tokens is not None:
+            frame["top_tokens"] = [" | ".join(tokens.get(int(i), ())) for i in idx]
+        return frame
 
 
 def compute_concept_latents(pos: np.ndarray, neg: np.ndarray, concept: str = "concept",
@@ -108,6 +114,26 @@ def compute_concept_latents(pos: np.ndarray, neg: np.ndarray, concept: str = "co
         raise ValueError(f"codes must be (n_texts, d_sae) with the same d_sae, got {pos.shape} and {neg.shape}")
     mp, mn = pos.mean(0), neg.mean(0)
     return ConceptLatents(concept, pooling, mp - mn, mp, mn, len(pos), len(neg))
+
+
+def latent_top_tokens(codes: TokenCodes, latents, decode, n: int = 3) -> dict[int, tuple[str, ...]]:
+    """For each latent, the ``n`` distinct tokens of ``codes`` with the highest code (only where it fires).
+
+    ``decode`` maps a token id to its text (e.g. ``lambda i: tokenizer.decode([i])``). Distinct by
+    token id, in order of the latent's peak value on that token; fewer than ``n`` if it fires on fewer.
+    """
+    out = {}
+    for latent in latents:
+        col = codes.codes[:, int(latent)]
+        seen: list[int] = []
+        for j in np.argsort(-col, kind="stable"):
+            if col[j] <= 0 or len(seen) == n:
+                break
+            tid = int(codes.token_ids[j])
+            if tid not in seen:
+                seen.append(tid)
+        out[int(latent)] = tuple(decode(t) for t in seen)
+    return out
 
 
 # ---------------------------------------------------------------- sparse probe

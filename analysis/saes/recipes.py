@@ -15,13 +15,15 @@ from analysis.saes.figures import (
     probe_accuracy_figure,
     promoted_tokens_figure,
 )
-from analysis.saes.loading import LoadedSAE, load_sae
+from analysis.saes.loading import load_sae
 from analysis.saes.probes import (
     POOLINGS,
     LatentCard,
+    TokenCodes,
     compute_concept_latents,
     compute_latent_card,
     compute_sparse_probe,
+    latent_top_tokens,
     token_codes,
 )
 
@@ -78,22 +80,24 @@ class LatentCardConfig:
         return d
 
 
-def _concept_codes(lm, cfg: ConceptLatentsConfig) -> tuple[LoadedSAE, np.ndarray, np.ndarray]:
+def _concept_codes(lm, cfg: ConceptLatentsConfig) -> tuple[TokenCodes, np.ndarray, np.ndarray]:
+    """The concept's per-token codes, and the pooled codes of the concept and its background."""
     concepts = load_concepts()
     if cfg.concept not in concepts:
         raise ValueError(f"unknown concept {cfg.concept!r}; valid: {sorted(concepts)}")
     cs = concepts[cfg.concept]
     loaded = load_sae(cfg.sae)
-    pos = token_codes(lm, loaded, list(cs.texts)).pooled(cfg.pooling)
+    codes = token_codes(lm, loaded, list(cs.texts))
     neg = token_codes(lm, loaded, list(background_texts(cs.background))).pooled(cfg.pooling)
-    return loaded, pos, neg
+    return codes, codes.pooled(cfg.pooling), neg
 
 
 def concept_latents_recipe(lm, config: dict):
     cfg = ConceptLatentsConfig.from_dict(config)
-    _, pos, neg = _concept_codes(lm, cfg)
+    codes, pos, neg = _concept_codes(lm, cfg)
     data = compute_concept_latents(pos, neg, cfg.concept, cfg.pooling)
-    return concept_latents_figure(data, cfg.top), data.frame(cfg.top)
+    tokens = latent_top_tokens(codes, data.top(cfg.top), lambda i: lm.tokenizer.decode([i]))
+    return concept_latents_figure(data, cfg.top, tokens), data.frame(cfg.top, tokens)
 
 
 def probe_recipe(lm, config: dict):
