@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.bias import (BiasConfig, behaviour_data, behaviour_rows, compute_bias, layer_frame, load_presets,
-                           load_templates, sae_view, summary_frame)
+from analysis.bias import (BiasConfig, behaviour_data, behaviour_rows, compute_bias, differential_verdict, layer_frame,
+                           load_presets, load_templates, sae_view, summary_frame)
 from analysis.concepts import load_concepts
 from analysis.bias.figures import (behaviour_figure, differential_figure, heatmap_figure, shared_latents_figure,
                                    summary_figure)
@@ -13,7 +13,7 @@ from analysis.progress import Stopped
 from analysis.recipes import make_recipe
 from app import jobs, state
 from app.figures import render_figure
-from app.text import show_error
+from app.text import md_escape, show_error
 
 CUSTOM = "Custom ..."
 REPRESENTATIONS = {"dense": "Dense CAV", "sae-diff": "SAE code difference", "sae-proj": "CAV → SAE decoder projection"}
@@ -79,10 +79,9 @@ with st.expander("Estimation"):
     cav_method = e3.selectbox("Concept vector", ["mean_diff", "logistic"], key="bias_cav",
                               help="mean_diff makes every permutation closed-form; logistic refits each one (slow)")
     top_k = int(e4.number_input("SAE top-k", 1, 4096, 32, key="bias_topk"))
-    b1, b2 = st.columns(2)
-    baseline = b1.radio("Negatives", ["background", "contrast"], horizontal=True, key="bias_baseline",
+    baseline = st.radio("Negatives", ["background", "contrast"], horizontal=True, key="bias_baseline",
                         format_func={"background": "Background set", "contrast": "Pooled other concepts"}.get)
-    standardise = b2.checkbox("Standardise dimensions (z-scores from the background)", key="bias_std")
+    standardise = st.checkbox("Standardise dimensions (z-scores from the background)", key="bias_std")
     signed = not st.checkbox("Magnitude |Bias| instead of signed", key="bias_abs")
     cap = int(st.number_input("Texts per concept (0 = all; fewer is faster; the background gets 3× as many, "
                               "at least 40)", 0, 500, 0, key="bias_cap"))
@@ -137,6 +136,15 @@ with tab_sum:
     frame = summary_frame(result)
     render_figure(summary_figure(result), data=frame, recipe=make_recipe("bias_summary", lm.name, recipe),
                   key="bias_summary", filename=f"{stem}_summary")
+    # The test's conclusion per target in words (the bars' labels say it in short).
+    st.markdown("\n".join(f"- **{md_escape(t)}**: {md_escape(result.verdict(i))}"
+                           for i, t in enumerate(result.targets)))
+    if result.differential is not None:
+        st.markdown(f"- {md_escape(differential_verdict(result.differential, result.alpha))}")
+    st.caption(f"Two-sided permutation tests: {result.n_permutations} re-partitions of the texts of "
+               f"{md_escape(result.refs[0])} ∪ {md_escape(result.refs[1])}"
+               + (f"; Holm-corrected over {len(result.targets)} targets" if len(result.targets) > 1 else "")
+               + f"; significant means a corrected p below α = {result.alpha:g} (Methods §2).")
     if st.checkbox("Show the table", key="bias_show_table"):
         st.dataframe(frame, hide_index=True)
 with tab_diff:

@@ -309,14 +309,49 @@ def test_figures_build_from_a_result(tiny_lm):
     heat = heatmap_figure(r)
     assert heat.data[0].zmid == 0 and np.allclose(heat.data[0].z, r.bias, equal_nan=True)
     bars = summary_figure(r)
-    assert bars.data[0].y[0] == pytest.approx(r.summary[0], nan_ok=True)
-    assert "p " in " ".join(a.text for a in bars.layout.annotations)
-    assert any("correction" in t.name for t in heat.data[1:])  # the surviving-cell marker is in the legend
+    assert bars.data[0].x[0] == pytest.approx(r.summary[0], nan_ok=True)
+    # The tick label says what the test concludes, with its p (one target: no Holm).
+    from analysis.bias.reading import decision
+    from analysis.figures.theme import QUALITATIVE
+
+    word = decision(r, 0)
+    assert word in ("significant", "not significant") and bars.data[0].y[0].split("<br>")[1] == word
+    assert "p " in bars.data[0].y[0] and "Holm" not in bars.data[0].y[0]
+    # Each side has its own trace, named in the legend in the bar's colour.
+    assert bars.layout.showlegend is True
+    side = "Bias > 0" if r.summary[0] >= 0 else "Bias < 0"
+    assert bars.data[0].name.startswith(side)
+    assert bars.data[0].marker.color == (QUALITATIVE[0] if r.summary[0] >= 0 else QUALITATIVE[3])
+    assert heat.layout.showlegend is True  # the dots and diamonds are named
+    assert heat.data[1].name == "the layer the summary uses"  # layer_rule="layer"
+    # the surviving-cell marker is in the legend, or the title says that no cell survives
+    assert (any("correction" in t.name for t in heat.data[1:]) if r.surviving.any()
+            else "no cell has p < 0.05 after max-|T| correction" in heat.layout.title.text.replace("<br>", " "))
     assert shared_latents_figure(None).layout.annotations
+    assert r.shared is None or shared_latents_figure(r.shared).layout.height > 130
     data = behaviour_data([("p", "a", ("x", "y"), 0.1, 0.0, 0.2, 1.0, 0.1), ("p", "b", ("x", "y"), 0.3, 0.2, 0.4, 2.0, 0.1),
                            ("q", "c", ("x", "y"), -0.2, -0.3, 0.0, -1.0, 0.1)])
     assert data.rho == pytest.approx(1.0)
     assert "Spearman ρ = 1.00" in behaviour_figure(data).layout.title.text and data.n == 3
+
+
+def test_shared_latents_table_is_tall_enough_for_its_wrapped_rows():
+    from analysis.bias.alignment import SharedLatents
+    from analysis.bias.figures import _TABLE_LINE_PX, _table_lines, shared_latents_figure
+
+    def table(n_concepts, n_latents):
+        names = [f"concept_{i}" for i in range(n_concepts)]
+        ids = np.arange(1000, 1000 + n_latents)
+        return SharedLatents(6, {c: ids for c in names}, {c: np.linspace(-0.6, 0.6, n_latents) for c in names},
+                             {(c, "ref"): ids for c in names[:-1]})
+
+    # Height grows with the rows, and with the lines a row wraps to.
+    short, more_rows, longer = (shared_latents_figure(table(n, k)).layout.height for n, k in ((3, 2), (7, 2), (3, 20)))
+    assert more_rows > short and longer > short
+    # A cell of 8 "1234 (+0.12)," entries wraps (at the narrow reference width) to several lines.
+    assert _table_lines(["x", ", ".join(["1234 (+0.12)"] * 8), "y"], [2, 6, 3]) >= 3
+    assert _table_lines(["a", "b"], [1, 1]) == 1
+    assert _TABLE_LINE_PX > 0
 
 
 def test_cli_writes_figures_csv_and_json(tiny_lm, tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ from analysis.bias.compute import (  # noqa: F401
 )
 from analysis.bias.differential import differential_test  # noqa: F401
 from analysis.bias.frames import summary_frame, layer_frame  # noqa: F401
-from analysis.bias.reading import p_text, verdict, differential_verdict  # noqa: F401
+from analysis.bias.reading import decision, p_text, verdict, differential_verdict  # noqa: F401
 from analysis.bias.logistic_null import logistic_reference_null  # noqa: F401
 from analysis.bias.behaviour import (  # noqa: F401
     AGGREGATES,
@@ -117,6 +117,7 @@ __all__ = [
     "choose_layers",
     "compute_behaviour",
     "compute_bias",
+    "decision",
     "differential_null",
     "differential_test",
     "differential_verdict",

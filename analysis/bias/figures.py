@@ -26,6 +26,16 @@ def _family(result) -> str:
     return f"{n_l} layers" if n_t == 1 else f"{n_l} layers × {n_t} targets"
 
 
+def _summary_layers(result) -> str:
+    """What the heatmap's dots mark, in the words of the layer rule."""
+    cfg = result.config or {}
+    if cfg.get("layer_rule") == "layer":
+        return "the layer the summary uses"
+    fallback = any("every layer instead" in m for m in result.messages.values())
+    return (f"layers in the summary<br>(all three CAVs ≥ {float(cfg.get('acc_threshold', 0.9)):g} accuracy"
+            + ("; every layer where none is)" if fallback else ")"))
+
+
 def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
     """Targets × layers Bias, diverging and centred on zero; dots: layers in the summary;
     open diamonds: cells that survive the family-wise (max-|T|) correction at alpha."""
@@ -43,65 +53,88 @@ def heatmap_figure(result, *, title: str | None = None) -> go.Figure:
     ti, li = np.nonzero(result.chosen)
     if len(ti):
         fig.add_trace(go.Scatter(
-            x=[result.layers[i] for i in li], y=[y[i] for i in ti], mode="markers", name="layers in the summary",
+            x=[result.layers[i] for i in li], y=[y[i] for i in ti], mode="markers", name=_summary_layers(result),
             marker=dict(symbol="circle", size=5, color="#222222"), hoverinfo="skip",
         ))
     si, sl = np.nonzero(result.surviving)
-    fig.add_trace(go.Scatter(
-        x=[result.layers[i] for i in sl], y=[y[i] for i in si], mode="markers",
-        name=f"p < {result.alpha:g} after max-|T| correction over {_family(result)}",
-        marker=dict(symbol="diamond-open", size=13, color="#222222", line=dict(width=2)), hoverinfo="skip",
-        visible=True if len(si) else "legendonly",
-    ))
+    correction = f"p < {result.alpha:g} after max-|T| correction over {_family(result)}"
+    if len(si):
+        fig.add_trace(go.Scatter(
+            x=[result.layers[i] for i in sl], y=[y[i] for i in si], mode="markers",
+            name=correction.replace(" over ", "<br>over "),
+            marker=dict(symbol="diamond-open", size=13, color="#222222", line=dict(width=2)), hoverinfo="skip",
+        ))
+    # plotly.js drops an empty trace from the legend: say in the title that no cell survives.
+    none = "" if len(si) else f"; no cell has {correction}"
     fig.update_layout(
-        title=title or f"Bias per layer: Align(target, {_pretty(result.refs[0])}) − Align(target, {_pretty(result.refs[1])})",
+        title=title or (f"Bias per layer: Align(target, {_pretty(result.refs[0])}) − "
+                        f"Align(target, {_pretty(result.refs[1])}){none}"),
         xaxis_title="layer", yaxis_title="target", yaxis_autorange="reversed",
-        legend=dict(orientation="h", y=-0.25), xaxis=dict(dtick=1, showgrid=False, range=[min(result.layers) - 0.5, max(result.layers) + 0.5]), yaxis=dict(showgrid=False),
+        # Shown explicitly: plotly.js hides a legend with one visible entry, and the dots were explained nowhere.
+        showlegend=True, legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0), xaxis=dict(dtick=1, showgrid=False, range=[min(result.layers) - 0.5, max(result.layers) + 0.5]), yaxis=dict(showgrid=False),
     )
     return apply_theme(fig)
 
 
-def summary_figure(result, *, title: str | None = None) -> go.Figure:
-    """Summary Bias per target with bootstrap CI bars; the permutation test written under each bar."""
+def _short_p(p: float, n_permutations: int) -> str:
+    """``p = 0.350`` or ``p ≤ 0.05``: :func:`p_text` without the permutation count (a tick label is narrow)."""
     from analysis.bias.reading import p_text
 
-    x = [_pretty(t) for t in result.targets]
-    summary = np.asarray(result.summary, float)
-    fig = go.Figure(go.Bar(
-        x=x, y=summary, name="Bias (bootstrap CI)", marker_color=[QUALITATIVE[0] if s >= 0 else QUALITATIVE[3] for s in np.nan_to_num(summary)],
-        error_y=dict(type="data", symmetric=False, array=result.ci_high - summary, arrayminus=summary - result.ci_low,
-                     thickness=1.5, width=6, color="#222222"),
-        customdata=np.stack([result.ci_low, result.ci_high, result.p_value, result.p_holm, result.minimum_detectable], -1),
-        hovertemplate=("%{x}<br>Bias %{y:.3f}<br>CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                       "<br>p %{customdata[2]:.3f} (Holm %{customdata[3]:.3f})<br>detectable |Bias| ≥ %{customdata[4]:.3f}"
-                       "<extra></extra>"),
-        width=0.55,
-    ))
-    for i, t in enumerate(x):
-        if not np.isfinite(result.p_value[i]):
-            continue
-        sig_ = result.p_holm[i] < result.alpha
-        label = p_text(result.p_value[i], result.n_permutations) + ("" if sig_ else
-                                                                    f"<br>n.s.; detectable ≥ {result.minimum_detectable[i]:.3f}")
-        fig.add_annotation(x=t, y=0, yref="y", text=label, showarrow=False, yshift=-14 if summary[i] >= 0 else 14,
-                           font=dict(size=10, color="#222222" if sig_ else "#777777"))
-    missing = [x[i] for i in range(len(x)) if not np.isfinite(summary[i])]
-    note = f" (no qualifying layer: {', '.join(missing)})" if missing else ""
-    lines = [f"{x[i]}: {result.verdict(i)}" for i in range(len(x))]
-    if result.differential is not None:
-        from analysis.bias.reading import differential_verdict
+    return p_text(p, n_permutations).split(" (")[0]
 
-        lines.append(differential_verdict(result.differential, result.alpha))
-    caption = "<br>".join(lines) + (f"<br>Two-sided permutation tests: {result.n_permutations} re-partitions of "
-                                     f"{_pretty(result.refs[0])} ∪ {_pretty(result.refs[1])}; Holm over targets.")
+
+def summary_figure(result, *, title: str | None = None) -> go.Figure:
+    """Summary Bias per target with bootstrap CI bars, coloured by the side the target leans to.
+
+    Under each bar, its tick label says in words what the target's permutation test concludes
+    (``analysis.bias.reading.decision``: Holm-corrected over targets) with the p it rests on; the
+    full verdicts (minimum detectable effect, surviving layers) are in ``summary_frame``'s
+    ``verdict`` column and on the page.
+    """
+    from analysis.bias.reading import decision
+
+    n_t = len(result.targets)
+    summary = np.asarray(result.summary, float)
+    holm = n_t > 1
+    ticks = []
+    for i, t in enumerate(result.targets):
+        p = result.p_holm[i] if holm else result.p_value[i]
+        line = f"{'Holm ' if holm else ''}{_short_p(p, result.n_permutations)}" if np.isfinite(p) else ""
+        ticks.append("<br>".join(filter(None, (_pretty(t), decision(result, i), line))))  # data text: no tags
+    custom = np.stack([result.ci_low, result.ci_high, result.p_value, result.p_holm, result.minimum_detectable], -1)
+    fig = go.Figure()
+    r1, r2 = (_pretty(r) for r in result.refs)
+    # One trace per side, so that the legend names both colours.
+    for name, colour, keep in ((f"Bias > 0: nearer {r1}", QUALITATIVE[0], summary >= 0),
+                               (f"Bias < 0: nearer {r2}", QUALITATIVE[3], summary < 0)):
+        idx = np.flatnonzero(keep & np.isfinite(summary))
+        if not len(idx):
+            continue
+        fig.add_trace(go.Bar(
+            y=[ticks[i] for i in idx], x=summary[idx], name=name, marker_color=colour, width=0.55, orientation="h",
+            error_x=dict(type="data", symmetric=False, array=result.ci_high[idx] - summary[idx],
+                         arrayminus=summary[idx] - result.ci_low[idx], thickness=1.5, width=6, color="#222222"),
+            customdata=custom[idx], text=[_pretty(result.targets[i]) for i in idx],
+            hovertemplate=("%{text}<br>Bias %{x:.3f}<br>CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                           "<br>p %{customdata[2]:.3f} (Holm %{customdata[3]:.3f})"
+                           "<br>detectable |Bias| ≥ %{customdata[4]:.3f}<extra></extra>"),
+            textposition="none",
+        ))
+    missing = [_pretty(result.targets[i]) for i in range(n_t) if not np.isfinite(summary[i])]
+    note = f" (no qualifying layer: {', '.join(missing)})" if missing else ""
+    test = (f"two-sided permutation tests ({result.n_permutations} re-partitions of {r1} ∪ {r2})"
+            + (f", Holm over {n_t} targets" if holm else "") + f", α = {result.alpha:g}")
+    # Horizontal bars: the three-line target labels (name, conclusion, p) read level at any width.
+    plot_px = max(240, 64 * n_t)
     fig.update_layout(
-        title=title or f"Summary Bias ({_refs_label(result)}){note}",
-        xaxis_title="target", yaxis_title=f"Bias (+: leans to {_pretty(result.refs[0])})", barmode="overlay",
-        showlegend=False, margin=dict(b=110 + 16 * len(lines)),
+        title=title or f"Summary Bias ({_refs_label(result)}){note}; {test}",
+        yaxis=dict(title="target: what its test concludes", type="category", categoryorder="array",
+                   categoryarray=ticks, autorange="reversed", tickfont=dict(size=12)),
+        xaxis_title="Bias (bootstrap CI)", barmode="overlay", showlegend=True, height=plot_px + 250,
+        margin=dict(t=110),  # the wrapped title (apply_theme adds a line height per extra line)
+        legend=dict(orientation="h", yanchor="top", y=-90 / plot_px, xanchor="left", x=0),
     )
-    fig.add_annotation(text=caption, xref="paper", yref="paper", x=0, y=-0.22, yanchor="top", xanchor="left",
-                       showarrow=False, align="left", font=dict(size=10))
-    fig.add_hline(y=0, line=dict(color="#888888", width=1))
+    fig.add_vline(x=0, line=dict(color="#888888", width=1))
     return apply_theme(fig)
 
 
@@ -152,16 +185,42 @@ def shared_latents_figure(shared, *, max_rows: int = 60, title: str | None = Non
         ids = shared.overlap.get((c, r))
         return "" if ids is None else f"{len(ids)}: " + ", ".join(map(str, ids[:per]))
 
+    widths = [3, 6] + [3] * len(refs)
+    header = ["concept", f"top latents (value), first {per}"] + [f"shared with {_pretty(r)}" for r in refs]
+    columns = [[_pretty(c) for c in concepts], [top(c) for c in concepts]] + [[common(c, r) for c in concepts]
+                                                                             for r in refs]
     fig = go.Figure(go.Table(
-        columnwidth=[2, 6] + [3] * len(refs),
-        header=dict(values=["concept", f"top latents (value), first {per}"] + [f"shared with {_pretty(r)}" for r in refs],
-                    fill_color="#EEEEEE", align="left"),
-        cells=dict(values=[[_pretty(c) for c in concepts], [top(c) for c in concepts]]
-                   + [[common(c, r) for c in concepts] for r in refs], align="left"),
+        columnwidth=widths, header=dict(values=header, fill_color="#EEEEEE", align="left"),
+        cells=dict(values=columns, align="left"),
     ))
+    # A table's rows wrap, but its figure does not grow with them: size it for a narrow page, or the
+    # last rows are cut off.
+    rows = [_table_lines(header, widths)] + [_table_lines([col[i] for col in columns], widths)
+                                             for i in range(len(concepts))]
     fig.update_layout(title=title or f"SAE latents carrying each concept (layer {shared.layer}) and target ∩ reference overlap",
-                      title_font_size=14, margin=dict(l=20, r=20, t=60, b=20))
+                      title_font_size=14, margin=dict(l=20, r=20, t=60, b=20),
+                      height=130 + sum(_TABLE_LINE_PX * n + _TABLE_PAD_PX for n in rows))
     return apply_theme(fig)
+
+
+_TABLE_WIDTH_PX = 480  # the narrowest table this figure is sized for (a 1000 px page shows it about 540 px wide)
+_TABLE_CHAR_PX = 8.0  # a generous mean character width at the table's 14 px font
+_TABLE_LINE_PX, _TABLE_PAD_PX = 18, 14
+
+
+def _table_lines(cells, widths) -> int:
+    """How many lines the tallest cell of a table row wraps to at ``_TABLE_WIDTH_PX`` (by word, as Plotly wraps)."""
+    most = 1
+    for text, w in zip(cells, widths):
+        chars = max(4, int(_TABLE_WIDTH_PX * w / sum(widths) / _TABLE_CHAR_PX) - 1)
+        lines, line = 1, 0
+        for word in str(text).split():
+            if line and line + 1 + len(word) > chars:
+                lines, line = lines + 1, len(word)
+            else:
+                line += (1 if line else 0) + len(word)
+        most = max(most, lines)
+    return most
 
 
 def behaviour_figure(data, *, title: str | None = None) -> go.Figure:

@@ -15,6 +15,16 @@ def p_text(p: float, n_permutations: int) -> str:
     return f"p = {p:.3f}" if p >= 0.001 else f"p = {p:.1e}"
 
 
+def decision(result, ti: int) -> str:
+    """The permutation test's conclusion for target ``ti`` in two words: "significant" (Holm-corrected
+    p below alpha), "not significant", or why there is none ("no test", "no qualifying layer")."""
+    if not np.isfinite(result.summary[ti]):
+        return "no qualifying layer"
+    if not np.isfinite(result.p_value[ti]):
+        return "no test"
+    return "significant" if result.p_holm[ti] < result.alpha else "not significant"
+
+
 def verdict(result, ti: int) -> str:
     """One line for target ``ti``: p, Holm, how many layers survive the family-wise correction, or the MDE."""
     t = result.targets[ti]
