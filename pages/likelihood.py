@@ -95,8 +95,10 @@ with tab_rank:
     append_eos = c2.checkbox("Include the EOS position", key="lik_eos",
                              help="Also sum the position that predicts EOS, as the authors' code does (TRL appends "
                                   "EOS). Off: the paper's Definition 2.")
-    c1, c2, c3 = st.columns(3)
+    # The filter's names are long: a row to itself, so the chosen one reads in full at any width.
+    c1, _ = st.columns([3, 1])
     mode = c1.selectbox("Filter", list(MODES), format_func=MODES.get, key="lik_mode")
+    c2, c3 = st.columns(2)
     if mode == "lowest":
         fcfg = FilterConfig(mode="lowest", fraction=c2.slider("Keep the lowest %", 1, 100, 5, key="lik_frac") / 100)
     elif mode == "window":

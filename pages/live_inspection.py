@@ -169,9 +169,17 @@ with lens_box:
         insp = _lens(lm, lm.name, prompt, k)
     _show("logit_lens", InspectConfig(text=prompt, top_k=k, metric=metric))
     positions = list(range(insp.n_tokens))
-    position = st.selectbox(
+    c1, c2 = st.columns(2)
+    position = c1.selectbox(
         "Position for the top-k table", positions, index=len(positions) - 1, key="inspect_position",
         format_func=lambda p: f"{p}: {display_token(insp.tokens[p])}",
     )
-    st.caption(f"Top-{k} logit-lens tokens at position {position}, one row per layer (probability in brackets).")
-    st.dataframe(lens_top_k_frame(insp, position), width="stretch")
+    # Three ranks fit a page 1000 px wide without scrolling (five did not); more on request (display only,
+    # no recompute). Every layer shows without scrolling the table.
+    ranks = (int(c2.number_input("Ranks in the table", 1, k, min(k, 3), key=f"inspect_ranks_{k}",
+                                 help="more ranks may need scrolling sideways on a narrow page"))
+             if k > 1 else 1)
+    st.caption(f"Top-{ranks} of the top-{k} logit-lens tokens at position {position}, one row per layer "
+               "(probability in brackets).")
+    st.dataframe(lens_top_k_frame(insp, position).iloc[:, :ranks], width="stretch",
+                 height=35 * (insp.n_layers + 1) + 3)

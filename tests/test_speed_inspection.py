@@ -54,10 +54,12 @@ def test_display_only_controls_run_no_forward_pass(counted_page):
     at.selectbox(key="inspect_layer").set_value(1).run()
     at.selectbox(key="inspect_head").set_value(2).run()
     at.selectbox(key="inspect_position").set_value(0).run()
+    at.number_input(key="inspect_ranks_10").set_value(3).run()
     _ok(at)
     assert len(calls) == after_compute, "a display-only control ran the model again"
-    # the lens is there after the re-renders, built from the cache
-    assert any("Top-10 logit-lens tokens at position 0" in c.value for c in at.caption)
+    # the lens is there after the re-renders, built from the cache, with the ranks asked for
+    assert any("Top-3 of the top-10 logit-lens tokens at position 0" in c.value for c in at.caption)
+    assert list(at.dataframe[-1].value.columns) == ["#1", "#2", "#3"]
 
 
 def test_rejected_input_clears_previous_results(counted_page):
