@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 import torch
@@ -161,22 +162,31 @@ def fit_logistic_gram(
     if not C > 0:
         raise ValueError(f"C={C}: the inverse regularisation strength must be positive")
     K = K.to(torch.float64)
-    if K.device.type != "cpu" or K.shape[0] <= CPU_CHUNK:
-        with _one_cpu_thread(K.device):
-            return _newton(K, y, C, sample_weight, tol, max_iter, init)
-    # CPU: chunks small enough to stay in cache, on all cores (torch releases the GIL)
-    bsz = K.shape[0]
+    return _solve_blocks(K.__getitem__, K.shape[0], K.device, y, C, sample_weight, tol, max_iter, init)
+
+
+def _solve_blocks(block: Callable[[slice], torch.Tensor], bsz: int, device: torch.device, y, C: float,
+                  sample_weight, tol: float, max_iter: int, init=None):
+    """:func:`_newton` over problems whose Gram matrices ``block(slice)`` gives (float64).
+
+    CPU: chunks of ``CPU_CHUNK`` problems small enough to stay in cache, on all
+    cores (torch and LAPACK release the GIL); each chunk's matrices are formed
+    (e.g. gathered from a pool) inside its worker. Other devices: one batch.
+    """
+    if device.type != "cpu" or bsz <= CPU_CHUNK:
+        with _one_cpu_thread(device):
+            return _newton(block(slice(0, bsz)), y, C, sample_weight, tol, max_iter, init)
     y = _as_tensor(y).expand(bsz, -1)
     sw = None if sample_weight is None else _as_tensor(sample_weight).expand(bsz, -1)
     parts = [slice(i, i + CPU_CHUNK) for i in range(0, bsz, CPU_CHUNK)]
 
     def one(sl: slice):
         part_init = None if init is None else (init[0][sl], init[1][sl])
-        return _newton(K[sl], y[sl], C, None if sw is None else sw[sl], tol, max_iter, part_init)
+        return _newton(block(sl), y[sl], C, None if sw is None else sw[sl], tol, max_iter, part_init)
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with _one_cpu_thread(K.device), ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+    with _one_cpu_thread(device), ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
         out = list(pool.map(one, parts))
     return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
@@ -247,9 +257,10 @@ def _newton_primal(xc, y, C, sample_weight, tol, max_iter):
 def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
     """Damped Newton on (α, b); problems leave the batch as soon as they converge.
 
-    Per step K is read twice: once for K·[α, g] and once for K·W½Z (both
-    right-hand sides of the solve at once). K·Δα needs no product: Δf = K·Δα + Δb
-    by definition, so K·Δα = Δf − Δb.
+    Per step K is read twice: for K·g and for K·W½Z (both right-hand sides of
+    the solve at once). K·Δα needs no product: Δf = K·Δα + Δb by definition, so
+    K·Δα = Δf − Δb (exact up to the float64 solve's rounding), and K·α is carried
+    from step to step (K·α ← K·α + t·K·Δα).
     """
     bsz, n, _ = K.shape
     dev = K.device
@@ -429,11 +440,13 @@ def cross_validate_pool(
     nf = len(folds)
     p4 = pool[:, None, None, None]
     r_tr, r_te = rows[:, tr], rows[:, te]  # (g, F, T), (g, F, E)
-    k_tr = G[p4, r_tr[..., :, None], r_tr[..., None, :]].reshape(g * nf, n_tr, n_tr)
+    pf, rf = pool.repeat_interleave(nf), r_tr.reshape(g * nf, n_tr)  # one problem per (problem, fold)
     y_tr = y[tr].expand(g, nf, n_tr).reshape(g * nf, n_tr)
     w_tr = tr_live.expand(g, nf, n_tr).reshape(g * nf, n_tr)
-    a_f, b_f = fit_logistic_gram(k_tr, y_tr, C, sample_weight=w_tr, tol=tol, max_iter=max_iter)
-    del k_tr
+    if not C > 0:
+        raise ValueError(f"C={C}: the inverse regularisation strength must be positive")
+    a_f, b_f = _solve_blocks(lambda sl: G[pf[sl, None, None], rf[sl, :, None], rf[sl, None, :]].double(), g * nf, dev,
+                             y_tr, C, w_tr, tol, max_iter)
     k_te = G[p4, r_te[..., :, None], r_tr[..., None, :]].reshape(g * nf, n_te, n_tr)
     scores = (k_te @ (a_f * w_tr)[..., None])[..., 0] + b_f[:, None]
     right = ((scores > 0).double() == y[te].expand(g, nf, n_te).reshape(g * nf, n_te)).double()
