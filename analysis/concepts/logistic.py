@@ -165,29 +165,34 @@ def fit_logistic_gram(
     return _solve_blocks(K.__getitem__, K.shape[0], K.device, y, C, sample_weight, tol, max_iter, init)
 
 
+def _map_chunks(fn: Callable[[slice], object], bsz: int, device: torch.device) -> list:
+    """``fn`` over slices of ``CPU_CHUNK`` problems, on all cores (torch and LAPACK release
+    the GIL) with one BLAS thread each; a single call off the CPU or for a small batch."""
+    if device.type != "cpu" or bsz <= CPU_CHUNK:
+        with _one_cpu_thread(device):
+            return [fn(slice(0, bsz))]
+    parts = [slice(i, i + CPU_CHUNK) for i in range(0, bsz, CPU_CHUNK)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _one_cpu_thread(device), ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
+        return list(pool.map(fn, parts))
+
+
 def _solve_blocks(block: Callable[[slice], torch.Tensor], bsz: int, device: torch.device, y, C: float,
                   sample_weight, tol: float, max_iter: int, init=None):
     """:func:`_newton` over problems whose Gram matrices ``block(slice)`` gives (float64).
 
-    CPU: chunks of ``CPU_CHUNK`` problems small enough to stay in cache, on all
-    cores (torch and LAPACK release the GIL); each chunk's matrices are formed
-    (e.g. gathered from a pool) inside its worker. Other devices: one batch.
+    On the CPU in chunks small enough to stay in cache (:func:`_map_chunks`),
+    each chunk's matrices formed (e.g. gathered from a pool) inside its worker.
     """
-    if device.type != "cpu" or bsz <= CPU_CHUNK:
-        with _one_cpu_thread(device):
-            return _newton(block(slice(0, bsz)), y, C, sample_weight, tol, max_iter, init)
     y = _as_tensor(y).expand(bsz, -1)
     sw = None if sample_weight is None else _as_tensor(sample_weight).expand(bsz, -1)
-    parts = [slice(i, i + CPU_CHUNK) for i in range(0, bsz, CPU_CHUNK)]
 
     def one(sl: slice):
         part_init = None if init is None else (init[0][sl], init[1][sl])
         return _newton(block(sl), y[sl], C, None if sw is None else sw[sl], tol, max_iter, part_init)
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _one_cpu_thread(device), ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
-        out = list(pool.map(one, parts))
+    out = _map_chunks(one, bsz, device)
     return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
 
@@ -438,7 +443,6 @@ def cross_validate_pool(
     tr, tr_live = padded([f[0] for f in folds], n_tr)  # (F, T); padding has weight 0
     te, te_live = padded([f[1] for f in folds], n_te)
     nf = len(folds)
-    p4 = pool[:, None, None, None]
     r_tr, r_te = rows[:, tr], rows[:, te]  # (g, F, T), (g, F, E)
     pf, rf = pool.repeat_interleave(nf), r_tr.reshape(g * nf, n_tr)  # one problem per (problem, fold)
     y_tr = y[tr].expand(g, nf, n_tr).reshape(g * nf, n_tr)
@@ -447,8 +451,14 @@ def cross_validate_pool(
         raise ValueError(f"C={C}: the inverse regularisation strength must be positive")
     a_f, b_f = _solve_blocks(lambda sl: G[pf[sl, None, None], rf[sl, :, None], rf[sl, None, :]].double(), g * nf, dev,
                              y_tr, C, w_tr, tol, max_iter)
-    k_te = G[p4, r_te[..., :, None], r_tr[..., None, :]].reshape(g * nf, n_te, n_tr)
-    scores = (k_te @ (a_f * w_tr)[..., None])[..., 0] + b_f[:, None]
+    re = r_te.reshape(g * nf, n_te)
+    af = a_f * w_tr
+
+    def held_out_scores(sl: slice) -> torch.Tensor:
+        k_te = G[pf[sl, None, None], re[sl, :, None], rf[sl, None, :]].double()
+        return (k_te @ af[sl, :, None])[..., 0] + b_f[sl, None]
+
+    scores = torch.cat(_map_chunks(held_out_scores, g * nf, dev))
     right = ((scores > 0).double() == y[te].expand(g, nf, n_te).reshape(g * nf, n_te)).double()
     acc = (right * te_live.repeat(g, 1)).sum(-1) / te_live.sum(-1).repeat(g)
     return alpha, b, acc.reshape(g, nf)
