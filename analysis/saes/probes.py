@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 
 from analysis.activations import extract
+from analysis.concepts import fit_logistic_batched
 from analysis.models import LoadedModel
 from analysis.saes.loading import LoadedSAE, encode
 
@@ -153,14 +154,69 @@ class ProbeCurve:
                              "balanced_accuracy_std": self.accuracy_std})
 
 
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both by the training rows' mean and population std, as sklearn's ``StandardScaler``.
+
+    A (near-)constant training column gets scale 1, with sklearn's test for it:
+    var ≤ n·ε·var + (n·mean·ε)² (the error bound of the two-pass variance).
+    """
+    mean = train.mean(0)
+    var = train.var(0)
+    eps = np.finfo(np.float64).eps
+    n = len(train)
+    scale = np.where(var <= n * eps * var + (n * mean * eps) ** 2, 1.0, np.sqrt(var))
+    return (train - mean) / scale, (test - mean) / scale
+
+
+def _probe_fits(X: np.ndarray, y: np.ndarray, ks: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]],
+                C: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (k, fold) probe in one batched fit: ``(w (k, fold, max k), intercept (k, fold), accuracy (k, fold))``.
+
+    ``w[j, f, :k]`` are the weights of fold ``f``'s top-``ks[j]`` latents in their
+    ranking order, on standardised codes (``LogisticRegression.coef_`` of the pipeline).
+    """
+    # One problem per (k, fold), padded to the largest k and the largest training fold.
+    # Padding columns are all zero: such a column contributes nothing to the loss, so
+    # under the L2 penalty its weight is exactly 0 and the other weights are unchanged.
+    # Padding rows have sample weight 0, i.e. they are absent from the objective.
+    folds = len(splits)
+    n_tr, n_te, k_max = max(len(tr) for tr, _ in splits), max(len(te) for _, te in splits), int(ks.max())
+    b = len(ks) * folds
+    x_tr, x_te = np.zeros((b, n_tr, k_max)), np.zeros((b, n_te, k_max))
+    y_tr, s_tr = np.zeros((b, n_tr)), np.zeros((b, n_tr))
+    for f, (tr, te) in enumerate(splits):
+        yt = y[tr]
+        diff = np.abs(X[tr][yt == 1].mean(0) - X[tr][yt == 0].mean(0))
+        order = np.argsort(-diff, kind="stable")
+        # class_weight="balanced": n / (2 · n_class) for every row of that class
+        weight = np.where(yt == 1, len(yt) / (2 * yt.sum()), len(yt) / (2 * (len(yt) - yt.sum())))
+        for j, k in enumerate(ks):
+            i = j * folds + f
+            x_tr[i, : len(tr), :k], x_te[i, : len(te), :k] = _standardise(X[tr][:, order[:k]], X[te][:, order[:k]])
+            y_tr[i, : len(tr)], s_tr[i, : len(tr)] = yt, weight
+    w, intercept = fit_logistic_batched(x_tr, y_tr, C, sample_weight=s_tr)
+    w, intercept = w.cpu().numpy(), intercept.cpu().numpy()
+    pred = np.einsum("bnd,bd->bn", x_te, w) + intercept[:, None] > 0
+    acc = np.zeros((len(ks), folds))
+    for f, (_, te) in enumerate(splits):
+        yt = y[te] == 1
+        for j in range(len(ks)):
+            p = pred[j * folds + f, : len(te)]
+            acc[j, f] = 0.5 * (p[yt].mean() + (~p[~yt]).mean())  # balanced accuracy
+    return w.reshape(len(ks), folds, k_max), intercept.reshape(len(ks), folds), acc
+
+
 def compute_sparse_probe(pos: np.ndarray, neg: np.ndarray, ks=PROBE_KS, folds: int = 5, seed: int = 0,
                          concept: str = "concept", C: float = 1.0) -> ProbeCurve:
-    """Cross-validated balanced accuracy of logistic regression on the top-k latents, per k."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
+    """Cross-validated balanced accuracy of logistic regression on the top-k latents, per k.
+
+    Per fold: latents ranked by |diff| on the training rows, the top k
+    standardised by the training rows (``StandardScaler``), and
+    ``LogisticRegression(C, class_weight="balanced")`` fitted. All (k, fold)
+    problems are solved in one call of the batched fitter
+    (:func:`analysis.concepts.fit_logistic_batched`), exact for that objective.
+    """
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     X = np.concatenate([pos, neg]).astype(np.float64)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
@@ -168,16 +224,8 @@ def compute_sparse_probe(pos: np.ndarray, neg: np.ndarray, ks=PROBE_KS, folds: i
     if folds < 2:
         raise ValueError("a sparse probe needs at least 2 texts in each class")
     ks = np.array(sorted({min(int(k), X.shape[1]) for k in ks}))
-    acc = np.zeros((len(ks), folds))
-    for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y)):
-        diff = np.abs(X[tr][y[tr] == 1].mean(0) - X[tr][y[tr] == 0].mean(0))
-        order = np.argsort(-diff, kind="stable")
-        for j, k in enumerate(ks):
-            cols = order[:k]
-            clf = make_pipeline(StandardScaler(),
-                                LogisticRegression(C=C, max_iter=1000, class_weight="balanced"))
-            clf.fit(X[tr][:, cols], y[tr])
-            acc[j, f] = balanced_accuracy_score(y[te], clf.predict(X[te][:, cols]))
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y))
+    acc = _probe_fits(X, y, ks, splits, C)[2]
     full = np.abs(X[y == 1].mean(0) - X[y == 0].mean(0))
     return ProbeCurve(concept, ks, acc.mean(1), acc.std(1), 0.5, folds,
                       np.argsort(-full, kind="stable")[: ks.max()])
