@@ -70,8 +70,9 @@ st.markdown(
 )
 a = _pick_state("State A", "cmp_a", 0)
 b = _pick_state("State B", "cmp_b", 1)
-try:
-    check_state(a), check_state(b)
+try:  # two statements: a bare tuple expression is drawn on the page by Streamlit's magic
+    check_state(a)
+    check_state(b)
 except ValueError as err:
     show_error(err)
     st.stop()

@@ -104,7 +104,10 @@ def _build_template() -> go.layout.Template:
     template = go.layout.Template()
     template.layout = go.Layout(
         font=dict(family=FONT_FAMILY, size=14, color=_INK),
-        title=dict(font=dict(size=18), x=0.01, xanchor="left", xref="container", pad=dict(b=8)),
+        # Just above the plot, pushing the top margin as far as it needs: a wrapped title never
+        # runs into the plot (centred in a fixed margin, its lines grew into it).
+        title=dict(font=dict(size=18), x=0.01, xanchor="left", xref="container", y=1, yanchor="bottom",
+                   yref="paper", automargin=True, pad=dict(b=12)),
         paper_bgcolor="white",
         plot_bgcolor="white",
         colorway=list(QUALITATIVE),
@@ -160,7 +163,8 @@ def apply_theme(fig: go.Figure) -> go.Figure:
     if title:
         wrapped = wrap_title(title)
         if wrapped != title:
-            extra = wrapped.count("<br>")
-            top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
-            fig.update_layout(title_text=wrapped, margin_t=top + 22 * extra)
+            # The template's title.automargin makes room for the lines, but only once the margin is too
+            # small for them (else plotly.js centres the block in the margin: two lines ran into the
+            # plot). A small margin makes it always grow the margin to fit.
+            fig.update_layout(title_text=wrapped, margin_t=20)
     return fig
