@@ -10,7 +10,8 @@ action caused* to finish, instead of sleeping and hoping the rerun started.
     # here the rerun caused by the click has finished
 
 ``wait_idle(page)`` waits for the current run (e.g. the first load after
-``page.goto``) to finish. Footgun: a widget inside an ``st.form`` causes no
+``page.goto``) to finish. ``set_number(page, key, value)`` types into the number
+input with widget key ``key`` and waits for the rerun it causes. Footgun: a widget inside an ``st.form`` causes no
 rerun until the form is submitted, so never wrap such a change in ``rerun``.
 """
 
@@ -70,3 +71,15 @@ def wait_idle(page, timeout: int = DEFAULT_MS) -> None:
     }""", timeout=timeout, polling=100)
     _install(page)
     page.wait_for_function(_IDLE, timeout=timeout, polling=100)
+
+
+def set_number(page, key: str, value: int, timeout: int = DEFAULT_MS) -> None:
+    """Type ``value`` into the number input ``key`` (scrolled into view first: widgets below the fold load lazily)."""
+    page.locator(f".st-key-{key}").scroll_into_view_if_needed()
+    field = page.locator(f".st-key-{key} input")
+    if field.input_value() == str(value):
+        return
+    with rerun(page, timeout):
+        field.fill(str(value))
+        field.press("Enter")
+    assert field.input_value() == str(value)

@@ -4,13 +4,15 @@ Three checks, each returning a list of human-readable problems (empty = fine):
 
 * :func:`overflow_problems`: an element wider than its container (a
   horizontal scrollbar the reader must use), text cut off by its box
-  (headings, labels, buttons, captions and Plotly titles), or prose that
-  markdown turned into a link by accident (a relative ``href``).
+  (headings, labels, buttons, captions, selectbox values, Plotly titles,
+  annotations and legend entries), a figure title that runs into its plot,
+  or prose that markdown turned into a link by accident (a relative ``href``).
 * :func:`axis_problems`: on axes that show layers, counts or steps (integer
   data), the range must not start below the data's minimum by more than half
   a unit (the "accuracy axis from −1 to 18" bug).
 * :func:`figure_problems`: every Plotly figure has a title, titled axes, and
-  a legend or colour bar that names what colour encodes.
+  a legend or colour bar that names what colour encodes; marks drawn over a
+  colour-bar trace (dots on a heatmap) are named in a shown legend.
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ _OVERFLOW_JS = r"""() => {
     const text = (el.innerText || el.textContent || '').trim().slice(0, 60);
     if (!text) continue;
     if (r.right > W + 2) out.push(`"${text}" sticks out of the page by ${Math.round(r.right - W)} px`);
-    const cs = getComputedStyle(el);
-    if (el.tagName !== 'svg' && el.scrollWidth > el.clientWidth + 2 && cs.overflowX !== 'visible'
-        && cs.textOverflow === 'ellipsis') out.push(`"${text}" is cut off (ellipsis)`);
   }
-  for (const svgText of main.querySelectorAll('.js-plotly-plot .gtitle, .js-plotly-plot .g-xtitle text, .js-plotly-plot .g-ytitle text')) {
+  // Any box that cuts its text with an ellipsis (widget labels, selectbox values, buttons, captions).
+  const cut = new Set();
+  for (const el of main.querySelectorAll('*')) {
+    if (el.closest('svg')) continue;
+    const cs = getComputedStyle(el);
+    if (cs.textOverflow !== 'ellipsis' || cs.overflowX === 'visible') continue;
+    if (el.scrollWidth <= el.clientWidth + 1 || el.clientWidth === 0) continue;
+    const text = (el.innerText || el.textContent || '').trim().slice(0, 60);
+    if (text && !cut.has(text)) { cut.add(text); out.push(`"${text}" is cut off (ellipsis)`); }
+  }
+  for (const svgText of main.querySelectorAll('.js-plotly-plot .gtitle, .js-plotly-plot .g-xtitle text, ' +
+                                              '.js-plotly-plot .g-ytitle text, .js-plotly-plot .annotation-text, ' +
+                                              '.js-plotly-plot .legendtext')) {
     const plot = svgText.closest('.js-plotly-plot');
     const pr = plot.getBoundingClientRect(), r = svgText.getBoundingClientRect();
     const text = (svgText.textContent || '').trim().slice(0, 60);
@@ -39,6 +50,16 @@ _OVERFLOW_JS = r"""() => {
     if (r.left < pr.left - 2 || r.right > pr.right + 2 || r.top < pr.top - 2 || r.bottom > pr.bottom + 2)
       out.push(`figure text "${text}" is cut off by its figure`);
   }
+  // A (wrapped) title must end above the plot area, whose top is the figure's top margin.
+  for (const plot of main.querySelectorAll('.js-plotly-plot')) {
+    const title = plot.querySelector('.gtitle'), size = plot._fullLayout && plot._fullLayout._size;
+    if (!title || !size || !(title.textContent || '').trim()) continue;
+    const over = title.getBoundingClientRect().bottom - (plot.getBoundingClientRect().top + size.t);
+    if (over > 2) out.push(`figure title "${title.textContent.trim().slice(0, 60)}" runs ${Math.round(over)} px into its plot`);
+  }
+  // A bare expression in a page script is drawn by Streamlit's "magic" as the object's help card.
+  for (const el of main.querySelectorAll('[data-testid="stHelp"]'))
+    out.push(`an object is shown by Streamlit magic (a bare expression in the page): "${(el.innerText || '').trim().slice(0, 60)}"`);
   // Text like "resid_post[l](positive)" becomes a markdown link by accident: flag relative links in prose.
   for (const a of main.querySelectorAll('[data-testid="stMarkdownContainer"] a, [data-testid="stCaptionContainer"] a')) {
     const href = a.getAttribute('href') || '';
@@ -78,6 +99,7 @@ _FIGURES_JS = r"""() => {
       y: Array.isArray(t.y) ? t.y.slice(0, 5000) : (t.y ? Array.from(t.y).slice(0, 5000) : []),
     }));
     figs.push({title: (L.title && L.title.text) || '', showlegend: L.showlegend !== false,
+               legendShown: !!el.querySelector('.legend'),
                legendTitle: (L.legend && L.legend.title && L.legend.title.text) || '',
                coloraxis: !!(L.coloraxis && L.coloraxis.showscale !== false && L.coloraxis.colorbar),
                axes, traces});
@@ -117,8 +139,12 @@ def figure_problems(page) -> list[str]:
         shown = [t for t in fig["traces"] if t["showlegend"] and t["name"]]
         bars = any(t["colorbar"] for t in fig["traces"]) or fig["coloraxis"]
         many = len(fig["traces"]) > 1
-        if many and fig["showlegend"] and not shown and not bars:
-            out.append(f"{name}: several traces but no legend or colour bar names them")
+        if many and not bars and not (shown and fig["legendShown"]):
+            out.append(f"{name}: several traces but no shown legend or colour bar names them")
+        # Marks over a colour-bar trace (a heatmap's dots) are explained only by a legend that is shown.
+        overlaid = [t for t in fig["traces"] if not t["colorbar"] and t["type"] not in ("heatmap", "contour")]
+        if bars and overlaid and not (fig["showlegend"] and fig["legendShown"] and any(t in shown for t in overlaid)):
+            out.append(f"{name}: marks drawn over the colour scale are named in no legend")
         for t in fig["traces"]:
             if t["type"] in ("heatmap", "contour") and not t["colorbar"] and not fig["coloraxis"] \
                     and not t.get("celltext"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser_wait import rerun, wait_idle
+from browser_wait import rerun, set_number, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -72,17 +72,6 @@ def _open(app_server, page, path: str, heading: str) -> None:
     _wait_for_app(page)
 
 
-def _set_number(page, key: str, value: int) -> None:
-    page.locator(f".st-key-{key}").scroll_into_view_if_needed()
-    field = page.locator(f".st-key-{key} input")
-    if field.input_value() == str(value):
-        return
-    with rerun(page):
-        field.fill(str(value))
-        field.press("Enter")
-    assert field.input_value() == str(value)
-
-
 def _expand(page, label: str) -> None:
     page.locator('[data-testid="stExpander"] summary').filter(has_text=label).click()
 
@@ -136,8 +125,8 @@ def test_concepts_upload_and_fit(app_server, page, screenshots, tmp_path, worksp
     _wait_for_app(page)
     assert [thumbs.nth(i).input_value() for i in (0, 1)] == ["4", "8"]
 
-    _set_number(page, "concepts_random", 1)
-    _set_number(page, "concepts_max", 20)
+    set_number(page, "concepts_random", 1)
+    set_number(page, "concepts_max", 20)
     _no_errors(page)
 
     t_run = time.perf_counter()
@@ -167,9 +156,9 @@ def test_bias_compute_heatmap_and_pdf_download(app_server, page, screenshots, tm
     # The default preset is the first one: review aspects x sentiment.
     _shows(page, "bias_preset", "Review aspects")
     _expand(page, "Estimation")
-    _set_number(page, "bias_cap", 12)
-    _set_number(page, "bias_boot", 20)  # the inputs' minimums
-    _set_number(page, "bias_perm", 19)
+    set_number(page, "bias_cap", 12)
+    set_number(page, "bias_boot", 20)  # the inputs' minimums
+    set_number(page, "bias_perm", 19)
     _no_errors(page)
 
     t_run = time.perf_counter()
