@@ -91,6 +91,12 @@ def forget(key: Hashable) -> None:
         _RESULTS.pop(key, None)
 
 
+def clear() -> None:
+    """Forget every finished result (running jobs keep running); tests start from an empty cache."""
+    with _LOCK:
+        _RESULTS.clear()
+
+
 def start(key: Hashable, fn: Callable[[Callable[[float, str], None]], Any], label: str) -> Job:
     """Start ``fn(progress)`` in a worker thread under ``key`` unless a job with that key is running."""
     with _LOCK:

@@ -84,15 +84,22 @@ def _codes(_lm, _loaded, model_key: str, sae_key: str, texts: tuple[str, ...]):
     return token_codes(_lm, _loaded, list(texts))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _probe(model_key: str, sae_key: str, corpus: tuple[str, ...], concept: str, pooling: str, _pos, _neg):
+    # The cross-validated probe curve of one concept (keyed by what its codes come from): not refitted
+    # on every rerun of the page.
+    from analysis.saes.probes import compute_sparse_probe
+
+    return compute_sparse_probe(_pos.pooled(pooling), _neg.pooled(pooling), concept=concept)
+
+
 def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key: str = "sae") -> None:
     """The SAE section; ``layer`` preselects SAEs that read ``resid_post[layer]``."""
     from analysis.concepts.sets import background_texts, load_concepts
     from analysis.saes.figures import (
         concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
     )
-    from analysis.saes.probes import (
-        POOLINGS, compute_concept_latents, compute_latent_card, compute_sparse_probe, latent_top_tokens,
-    )
+    from analysis.saes.probes import POOLINGS, compute_concept_latents, compute_latent_card, latent_top_tokens
 
     st.subheader("Sparse autoencoder latents")
     loaded, source = _pick_sae(lm, layer, key)
@@ -117,10 +124,17 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     top = int(cols[2].number_input("Latents shown", 5, 50, 20, key=f"{key}-top"))
     cs = concepts[concept]
     sae_key = source or loaded.name
+    neg_texts = tuple(background_texts(cs.background))
+    # One encoding of every chosen concept's texts and their backgrounds: picking another concept, pooling
+    # or latent slices it and never runs the model again (issue 16: no hidden recomputation).
+    corpus = tuple(dict.fromkeys([t for n in names for t in concepts[n].texts]
+                                 + [t for b in dict.fromkeys(concepts[n].background for n in names)
+                                    for t in background_texts(b)]))
     with st.spinner("Encoding texts with the SAE ..."):
-        pos_codes = _codes(lm, loaded, lm.fingerprint, sae_key, tuple(cs.texts))
-        neg_texts = tuple(background_texts(cs.background))
-        neg_codes = _codes(lm, loaded, lm.fingerprint, sae_key, neg_texts)
+        codes = _codes(lm, loaded, lm.fingerprint, sae_key, corpus)
+    row = {t: i for i, t in enumerate(corpus)}
+    pos_codes = codes.rows([row[t] for t in cs.texts])
+    neg_codes = codes.rows([row[t] for t in neg_texts])
     data = compute_concept_latents(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept, pooling)
     tokens = latent_top_tokens(pos_codes, data.top(top), lambda i: lm.tokenizer.decode([i]))
     config = ConceptLatentsConfig(sae=source, concept=concept, pooling=pooling, top=top).to_dict() if source else None
@@ -128,18 +142,16 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     render_figure(concept_latents_figure(data, top, tokens), data=data.frame(top, tokens),
                   recipe=recipe("sae_concept_latents"), key=f"{key}-latents", filename=f"sae-latents-{concept}")
     with st.spinner("Cross-validating sparse probes ..."):
-        curve = compute_sparse_probe(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept=concept)
+        curve = _probe(lm.fingerprint, sae_key, corpus, concept, pooling, pos_codes, neg_codes)
     render_figure(probe_accuracy_figure(curve), data=curve.frame(), recipe=recipe("sae_probe_accuracy"),
                   key=f"{key}-probe", filename=f"sae-probe-{concept}")
 
     st.markdown("**Latent card**")
     latent = int(st.number_input("Latent", 0, loaded.d_sae - 1, int(data.top(1)[0]), key=f"{key}-latent",
                                  help="defaults to the concept's strongest latent"))
-    card_texts = tuple(dict.fromkeys([t for n in names for t in concepts[n].texts] + list(neg_texts)))
     with st.spinner("Finding where the latent fires ..."):
-        codes = _codes(lm, loaded, lm.fingerprint, sae_key, card_texts)
-        card = compute_latent_card(lm, loaded, latent, list(card_texts), codes=codes)
-    st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(card_texts)} texts).")
+        card = compute_latent_card(lm, loaded, latent, list(corpus), codes=codes)
+    st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(corpus)} texts).")
     # Token and value first, in narrow columns: after the text they scrolled out of view at 1000 px.
     st.dataframe(card.top_texts[["token", "max_activation", "text"]], hide_index=True, width="stretch",
                  column_config={"token": st.column_config.TextColumn("token", width="small"),

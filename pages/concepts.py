@@ -41,10 +41,11 @@ def _fit(lm, config: CavConfig, sets_key: tuple):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _project(_lm, model_name: str, config: ProjectionConfig, sets_key: tuple):
+def _project(_lm, model_name: str, config: ProjectionConfig, sets_key: tuple, layers: tuple[int, ...]):
     from analysis.concepts.sets import load_concepts
 
-    return compute_projection(_lm, load_concepts(), background_texts(config.background), config)
+    # Every fitted layer in one extraction: switching the layer shown then reads the disk cache, no forward pass.
+    return compute_projection(_lm, load_concepts(), background_texts(config.background), config, extract_layers=layers)
 
 
 def _upload_section() -> None:
@@ -163,7 +164,7 @@ def main() -> None:
                                seed=config.seed, background=config.background,
                                max_texts=min(config.max_texts or 100, 100))
     with st.spinner(f"Projecting activations at layer {layer} ..."):
-        data = _project(lm, lm.name, pconfig, _sets_key(sets, (*config.concepts, config.background)))
+        data = _project(lm, lm.name, pconfig, _sets_key(sets, (*config.concepts, config.background)), result.layers)
     render_figure(projection_figure(data.coords, data.labels, method=how, layer=layer, texts=data.texts,
                                     background_label=config.background),
                   data=projection_frame(data), recipe=make_recipe("concept_projection", lm.name, pconfig.to_dict()),

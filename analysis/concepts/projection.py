@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -84,11 +85,18 @@ class ProjectionData:
     layer: int
 
 
-def compute_projection(lm, concept_sets: dict, background: tuple[str, ...], config: ProjectionConfig) -> ProjectionData:
-    """Activations of each concept's texts and the background at one layer, projected jointly."""
+def compute_projection(lm, concept_sets: dict, background: tuple[str, ...], config: ProjectionConfig, *,
+                       extract_layers: Sequence[int] = ()) -> ProjectionData:
+    """Activations of each concept's texts and the background at one layer, projected jointly.
+
+    ``extract_layers``: more layers to extract in the same pass (disk-cached together). A page that
+    lets the user switch the layer shown passes all of them, so the switch reads the cache and never
+    runs the model again; the projection itself only uses ``config.layer``.
+    """
     from analysis.concepts.cavs import resolve_layers, stacked_activations
 
-    resolve_layers(lm, [config.layer])
+    layers = resolve_layers(lm, sorted({config.layer, *extract_layers}))
+    at = layers.index(config.layer)
     missing = [c for c in config.concepts if c not in concept_sets]
     if missing:
         raise ValueError(f"unknown concepts {missing}; available concepts are {sorted(concept_sets)}")
@@ -98,7 +106,7 @@ def compute_projection(lm, concept_sets: dict, background: tuple[str, ...], conf
     for label, group in groups:
         if config.max_texts is not None and len(group) > config.max_texts:
             group = tuple(group[i] for i in np.sort(rng.choice(len(group), config.max_texts, replace=False)))
-        rows.append(stacked_activations(lm, group, [config.layer], config.pooling)[0])
+        rows.append(stacked_activations(lm, group, layers, config.pooling)[at])
         labels += [label] * len(group)
         texts += list(group)
     coords = project(np.concatenate(rows), config.method, config.seed)

@@ -22,6 +22,7 @@ Footguns:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -126,12 +127,34 @@ def workspace_dir() -> Path:
     return workspace_root() / "concepts"
 
 
+# Parsed files by (path, source, content digest): pages list the sets on every rerun, and parsing the YAML
+# again took most of a re-render (issue 16). Reading the bytes is cheap; an edited file has a new digest.
+_PARSED: dict[tuple, ConceptSet] = {}
+_MAX_PARSED = 1024
+
+
 def parse_concept_file(path: Path, source: str = "shipped") -> ConceptSet:
-    """Read and validate one concept YAML file; ValueError says what is wrong."""
+    """Read and validate one concept YAML file; ValueError says what is wrong. Unchanged files are parsed once."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path.name}: not a readable YAML concept file ({type(err).__name__}: {err})") from err
+    key = (str(path), source, hashlib.sha256(text.encode("utf-8")).digest())
+    hit = _PARSED.get(key)
+    if hit is not None:
+        return hit
+    parsed = _parse_concept_text(path, text, source)
+    if len(_PARSED) >= _MAX_PARSED:
+        _PARSED.clear()
+    _PARSED[key] = parsed
+    return parsed
+
+
+def _parse_concept_text(path: Path, text: str, source: str) -> ConceptSet:
+    try:
+        raw = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as err:
         raise ValueError(f"{path.name}: not a readable YAML concept file ({type(err).__name__}: {err})") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path.name}: expected a mapping with fields {REQUIRED_FIELDS}, got {type(raw).__name__}")

@@ -25,6 +25,7 @@ sentence keeps its full value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,14 @@ class TokenCodes:
         out = red(self.codes, np.minimum(starts, len(self.codes) - 1), axis=0)
         out[counts == 0] = 0.0
         return out / np.maximum(counts, 1)[:, None] if pooling == "mean" else out
+
+    def rows(self, texts: Sequence[int]) -> TokenCodes:
+        """The codes of the texts at indices ``texts`` (in that order, repeats allowed), as if encoded alone."""
+        idx = np.asarray(texts, dtype=np.int64)
+        starts, ends = self.offsets[idx], self.offsets[idx + 1]
+        take = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)] or [np.zeros(0, np.int64)])
+        offsets = np.r_[0, np.cumsum(ends - starts)].astype(np.int64)
+        return TokenCodes(self.codes[take], offsets, self.token_ids[take])
 
 
 def token_codes(lm: LoadedModel, loaded: LoadedSAE, texts: list[str]) -> TokenCodes:
