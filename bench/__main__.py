@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SUITES = ("foundation", "cavs", "bias", "steering", "likelihood", "scale")
+SUITES = ("foundation", "cavs", "bias", "steering", "likelihood", "scale", "rerender")
 OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

@@ -40,6 +40,8 @@ ROWS = [
     ("likelihood", "ches.pairs_per_second", "CHES pairs/s"),
     ("likelihood", "dpo_step_1_pair.seconds_per_step", "DPO step on a copy of the model, 1 pair (s)"),
     ("likelihood", "dpo_step_4_pairs.seconds_per_step", "DPO step, 4 pairs (s)"),
+    ("rerender", "worst_s", "Slowest display-only re-render of any page (AppTest script rerun, s; target ≤ 0.2)"),
+    ("rerender", "forward_passes", "Forward passes run by display-only re-renders, every page (target 0)"),
 ]
 
 
