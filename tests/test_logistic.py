@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.concepts import fit_logistic_batched, fit_logistic_gram
+from analysis.concepts import fit_logistic_batched, fit_logistic_gram, fit_logistic_rows
 
 
 def _sk(x, y, C, sample_weight=None):
@@ -130,3 +130,29 @@ def test_rejects_bad_input():
         fit_logistic_batched(x, np.array([[1, 1, 1, 1]]), 1.0)
     with pytest.raises(ValueError, match="expected"):
         fit_logistic_batched(x, np.array([[0, 1]]), 1.0)
+
+
+def test_pooled_rows_with_counts_equal_sklearn_on_the_resampled_rows():
+    # a bootstrap: rows drawn with replacement from two pools, as (unique row, count) with 0-weight padding;
+    # the oracle fits sklearn on the explicitly duplicated rows
+    rng = np.random.default_rng(3)
+    pools, _ = _planted(rng, b=2, n=80, d=120, shift=1.5, scale=20.0, offset=300.0)
+    labels = np.r_[np.ones(40), np.zeros(40)]
+    problems, width = [], 0
+    for i in range(20):  # > CPU_CHUNK: the chunked, threaded path
+        p = i % 2
+        drawn = np.r_[rng.integers(0, 40, 40), rng.integers(40, 80, 40)]
+        uniq, counts = np.unique(drawn, return_counts=True)
+        problems.append((p, drawn, uniq, counts))
+        width = max(width, len(uniq))
+    rows = np.zeros((20, width), int)
+    weight = np.zeros((20, width))
+    y = np.zeros((20, width))
+    for i, (p, _, uniq, counts) in enumerate(problems):
+        rows[i, : len(uniq)], weight[i, : len(uniq)], y[i, : len(uniq)] = uniq, counts, labels[uniq]
+    w, b = fit_logistic_rows(pools, [p for p, *_ in problems], rows, y, 1.0, sample_weight=weight)
+    for i, (p, drawn, _, _) in enumerate(problems):
+        ref_w, ref_b = _sk(pools[p][drawn], labels[drawn], 1.0)
+        assert _cos(w[i].numpy(), ref_w) >= 0.999
+        ours = _objective(w[i].numpy(), float(b[i]), pools[p][drawn], labels[drawn], 1.0)
+        assert ours <= _objective(ref_w, ref_b, pools[p][drawn], labels[drawn], 1.0) * (1 + 1e-6)

@@ -72,21 +72,26 @@ def bootstrap_draws(
 
 
 def _logistic_refits(pos, neg, idx, neg_idx, C: float, warm) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
+    """Logistic CAVs of every draw and layer, ``(draws, l, d)``: one batched fit
+    (``analysis.concepts.fit_logistic_rows``; a row drawn k times has weight k, which is
+    sklearn's objective on the duplicated rows). ``warm`` is unused: the batched
+    Newton needs no warm start (kept for the call signature)."""
+    from analysis.concepts import fit_logistic_rows
 
     n_l, n, d = pos.shape
-    out = np.zeros((idx.shape[0], n_l, d))
-    y = np.r_[np.ones(n, int), np.zeros(n, int)]
-    with threadpool_limits(1):
-        for li in range(n_l):
-            clf = LogisticRegression(C=C, max_iter=2000, warm_start=True)
-            if warm is not None:  # start from the full-data CAV direction
-                clf.coef_, clf.intercept_ = warm[li][None].astype(np.float64), np.zeros(1)
-            for b in range(idx.shape[0]):
-                x = np.concatenate([pos[li, idx[b]], neg[li, neg_idx[b]]])
-                out[b, li] = clf.fit(x, y).coef_[0]
-    return out
+    draws = idx.shape[0]
+    pooled = np.concatenate([pos, neg], 1)  # (l, n + m, d): one pool per layer
+    picks = [np.unique(np.r_[idx[b], n + neg_idx[b]], return_counts=True) for b in range(draws)]
+    width = max(len(u) for u, _ in picks)
+    rows = np.zeros((draws, width), np.int64)
+    weight = np.zeros((draws, width))
+    for b, (u, c) in enumerate(picks):
+        rows[b, : len(u)], weight[b, : len(u)] = u, c
+    y = (rows < n).astype(np.float64)
+    problems = np.arange(draws * n_l)
+    w, _ = fit_logistic_rows(pooled, problems % n_l, rows[problems // n_l], y[problems // n_l], C,
+                             sample_weight=weight[problems // n_l])
+    return w.numpy().reshape(draws, n_l, d)
 
 
 def mean_diff(pos: Float[np.ndarray, "l n d"], neg: Float[np.ndarray, "l m d"]) -> Float[np.ndarray, "l d"]:

@@ -51,6 +51,7 @@ from analysis.concepts.cavs import (  # noqa: F401
 from analysis.concepts.logistic import (  # noqa: F401
     fit_logistic_batched,
     fit_logistic_gram,
+    fit_logistic_rows,
 )
 from analysis.concepts.projection import (  # noqa: F401
     METHODS,
@@ -94,6 +95,7 @@ __all__ = [
     "fit_logistic",
     "fit_logistic_batched",
     "fit_logistic_gram",
+    "fit_logistic_rows",
     "fit_mean_diff",
     "load_all_sets",
     "load_concepts",

@@ -462,3 +462,49 @@ def cross_validate_pool(
     right = ((scores > 0).double() == y[te].expand(g, nf, n_te).reshape(g * nf, n_te)).double()
     acc = (right * te_live.repeat(g, 1)).sum(-1) / te_live.sum(-1).repeat(g)
     return alpha, b, acc.reshape(g, nf)
+
+
+def fit_logistic_rows(
+    x: Float[torch.Tensor, "p r d"] | np.ndarray,
+    pool: np.ndarray | torch.Tensor,
+    rows: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    C: float = 1.0,
+    *,
+    sample_weight: np.ndarray | torch.Tensor | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> tuple[Float[torch.Tensor, "g d"], Float[torch.Tensor, " g"]]:
+    """Many logistic fits whose rows are drawn from a few shared pools: ``(w (g, d), intercept (g,))``.
+
+    Problem ``i`` fits rows ``rows[i]`` of pool ``x[pool[i]]`` with labels ``y[i]`` and
+    weights ``sample_weight[i]`` (a weight of 0 pads a short problem; a count
+    stands for a row drawn that many times, as in a bootstrap). Each pool's
+    Gram matrix (rows centred by the pool mean, which moves only the intercept)
+    is formed once; every problem gathers its block from it, inside the CPU
+    workers, and its w = Xᵀα is formed there too, so no (g, n, d) array exists.
+    Same objective and solver as :func:`fit_logistic_batched` (rows ≤ d per problem).
+    """
+    if not C > 0:
+        raise ValueError(f"C={C}: the inverse regularisation strength must be positive")
+    xt = _as_tensor(x)
+    dev = xt.device
+    mu = xt.mean(1, keepdim=True)
+    xc = xt - mu
+    G = xc @ xc.transpose(1, 2)
+    pool = torch.as_tensor(np.asarray(pool) if not isinstance(pool, torch.Tensor) else pool, device=dev).long()
+    rows = torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows, device=dev).long()
+    g, n = rows.shape
+    if pool.shape != (g,):
+        raise ValueError(f"pool has shape {tuple(pool.shape)}; expected ({g},)")
+    y = _as_tensor(y, dev).expand(g, n)
+    sw = torch.ones_like(y) if sample_weight is None else _as_tensor(sample_weight, dev).expand(g, n)
+
+    def one(sl: slice):
+        p, r = pool[sl], rows[sl]
+        alpha, bc = _newton(G[p[:, None, None], r[:, :, None], r[:, None, :]], y[sl], C, sw[sl], tol, max_iter)
+        w = (xc[p[:, None], r].transpose(1, 2) @ alpha[..., None])[..., 0]
+        return w, bc - (mu[p, 0] * w).sum(-1)
+
+    out = _map_chunks(one, g, dev)
+    return torch.cat([w for w, _ in out]), torch.cat([b for _, b in out])
