@@ -59,14 +59,15 @@ with status:
 
 with picker:
     st.subheader("Model")
-    left, right = st.columns([3, 1])
-    left.selectbox(
+    # The catalogue names are long: a row to themselves, or the chosen one is cut off at 1000 px.
+    st.selectbox(
         "Catalogue model",
         CHOICES,
         format_func=lambda key: f"{CATALOGUE[key].title} — {key}",
         key="home_pick",
         help="Models RepScope knows; only the offline ones load without internet.",
     )
+    left, right = st.columns([3, 1])
     left.text_input(
         "…or any TransformerLens / Hugging Face name, or a local model folder",
         key="home_custom",

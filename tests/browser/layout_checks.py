@@ -57,6 +57,16 @@ _OVERFLOW_JS = r"""() => {
     const over = title.getBoundingClientRect().bottom - (plot.getBoundingClientRect().top + size.t);
     if (over > 2) out.push(`figure title "${title.textContent.trim().slice(0, 60)}" runs ${Math.round(over)} px into its plot`);
   }
+  // A selectbox shows its value in an <input>, which reports no overflow: measure the text instead.
+  const ctx = document.createElement('canvas').getContext('2d');
+  for (const el of main.querySelectorAll('input')) {
+    const value = el.value || '';
+    if (!value || ['range', 'file', 'hidden', 'checkbox', 'radio'].includes(el.type) || el.clientWidth === 0) continue;
+    const cs = getComputedStyle(el);
+    ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const room = el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+    if (ctx.measureText(value).width > room + 2) out.push(`"${value.slice(0, 60)}" is cut off by its input box`);
+  }
   // A bare expression in a page script is drawn by Streamlit's "magic" as the object's help card.
   for (const el of main.querySelectorAll('[data-testid="stHelp"]'))
     out.push(`an object is shown by Streamlit magic (a bare expression in the page): "${(el.innerText || '').trim().slice(0, 60)}"`);
