@@ -131,7 +131,6 @@ def summary_figure(result, *, title: str | None = None) -> go.Figure:
         yaxis=dict(title="target: what its test concludes", type="category", categoryorder="array",
                    categoryarray=ticks, autorange="reversed", tickfont=dict(size=12)),
         xaxis_title="Bias (bootstrap CI)", barmode="overlay", showlegend=True, height=plot_px + 250,
-        margin=dict(t=110),  # the wrapped title (apply_theme adds a line height per extra line)
         legend=dict(orientation="h", yanchor="top", y=-90 / plot_px, xanchor="left", x=0),
     )
     fig.add_vline(x=0, line=dict(color="#888888", width=1))
