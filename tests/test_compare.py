@@ -312,3 +312,11 @@ def test_module_activations_of_a_bridge_copy_equal_the_shared_models(tiny_bridge
     got = module_activations(lm, policy, texts)
     want = stacked_activations(lm, texts, range(lm.n_layers), "last", use_cache=False)
     assert got == pytest.approx(want, abs=1e-5)  # float32, |resid| ~ 1: same weights, same kernels
+
+
+def test_figure_titles_name_a_steering_vector_by_its_file():
+    from analysis.compare.figures import _title
+
+    assert _title("base", "steer:/tmp/runs/x/vec.safetensors@alpha=-1.6@layers=6") == \
+        "B = steer:vec.safetensors@alpha=-1.6@layers=6  vs  A = base"
+    assert _title("ckpt:run1", "model:gpt2") == "B = model:gpt2  vs  A = ckpt:run1"
