@@ -1,32 +1,40 @@
-"""Steering benchmark: the default ``repscope steer`` and the behavioural search vs plain forwards.
+"""Steering benchmark: the default ``repscope steer``, the behavioural search and the page's α sweep vs plain forwards.
 
-Pipeline timing (issue 12 targets, as ratios against a baseline measured in the same run):
+Pipeline timing (issue 12/16 targets, 2 CPU cores, each as a ratio against a baseline measured in the same run):
 
-* ``steer_default``: ``run_steer`` with the CLI defaults on the shipped sentiment set (vectors with an
-  empty activation cache, behavioural search over the first half of the layers, α sweep with the
-  random-direction null and side effects; CAV shifts off here, they are the concepts package's cost).
-* ``behavioural_search``: the search alone (first half of the layers, default strengths), activations cached.
-* Baseline: a plain ``AutoModelForCausalLM`` forward (full logits, no hooks) over *exactly the token
-  batches* the pipeline ran (recorded by wrapping ``analysis.steering.forward._selected_logits``)
-  plus the 160 pair texts the vectors are read from. ``ratio`` = pipeline / baseline: 1.0 would mean
-  the pipeline costs what its forwards cost. Absolute targets (2 CPU cores): ≤ 60 s and ≤ 120 s.
+* ``steer_default_cold``: ``run_steer`` with the CLI defaults on the shipped sentiment set (vectors, behavioural
+  search over the first half of the layers, α sweep with the random-direction null band and side effects
+  including the CAV projection shifts) with an empty activation cache, as a first run; figure export off
+  (``--formats ''``). Target ≤ 60 s.
+* ``steer_default_warm``: the same again with the activation cache that run filled (what a re-run costs).
+* ``behavioural_search``: ``build_steering_vector`` with the default config (activations cached): the search
+  over the first half of the layers. Target ≤ 120 s.
+* ``page_sweep``: ``compute_alpha_sweep`` as the Steering page calls it (α −2..2, 16 background texts,
+  4 random directions, no CAV probe). Target ≤ 20 s.
+* Baseline: a plain ``AutoModelForCausalLM`` forward (full logits, no hooks) over *exactly the token batches*
+  the stage ran, recorded by wrapping the scoring pass (``analysis.steering.forward._selected_logits``) and the
+  activation pass (``analysis.activations.run_blocks``), timed right after the stage. ``ratio`` = stage /
+  baseline: 1.0 means the stage costs what its forward passes cost in plain transformers.
 
 Generation: steered tokens/s vs plain transformers ``generate`` (interleaved runs, median), as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 N_TOKENS = 32
 REPS = 3
 PROMPT = "I went to the new restaurant downtown and"
+TARGETS = {"steer_default_cold": 60, "steer_default_warm": 60, "behavioural_search": 120, "page_sweep": 20}
 
 
 def _steer_args(out: str):
@@ -36,8 +44,31 @@ def _steer_args(out: str):
 
     parser = argparse.ArgumentParser()
     steer.register(parser.add_subparsers())
-    return parser.parse_args(["steer", "--pairs", "sentiment", "--out", out, "--formats", "", "--no-cav-shifts",
-                              "--quiet"])
+    return parser.parse_args(["steer", "--pairs", "sentiment", "--out", out, "--formats", "", "--quiet"])
+
+
+@contextlib.contextmanager
+def recording_forwards():
+    """Record ``(ids, mask)`` of every forward the steering code runs (scoring and activation passes)."""
+    from analysis import activations
+    from analysis.steering import forward
+
+    recorded: list = []
+    inner_sel, inner_run = forward._selected_logits, activations.run_blocks
+
+    def sel(lm_, ids, mask, *rest):
+        recorded.append((ids.clone(), mask.clone()))
+        return inner_sel(lm_, ids, mask, *rest)
+
+    def run(lm_, ids, mask, hook_names):
+        recorded.append((ids.clone(), mask.clone()))
+        return inner_run(lm_, ids, mask, hook_names)
+
+    forward._selected_logits, activations.run_blocks = sel, run
+    try:
+        yield recorded
+    finally:
+        forward._selected_logits, activations.run_blocks = inner_sel, inner_run
 
 
 def _plain_forward_seconds(hf, batches) -> float:
@@ -48,61 +79,61 @@ def _plain_forward_seconds(hf, batches) -> float:
     return time.perf_counter() - start
 
 
+def _stage(hf, fn, target: float) -> tuple[dict, object]:
+    load0 = os.getloadavg()[0]
+    with recording_forwards() as batches:
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+    base = _plain_forward_seconds(hf, batches)
+    return {
+        "seconds": round(seconds, 2), "baseline_seconds": round(base, 2), "ratio": round(seconds / base, 3),
+        "target_seconds": target, "passes": len(batches),
+        "tokens": int(sum(int(m.sum()) for _, m in batches)),
+        "padded_tokens": int(sum(m.numel() for _, m in batches)),
+        "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }, result
+
+
 def run(report: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from analysis.commands.steer import run_steer
     from analysis.gguf_convert import converted_folder
     from analysis.models import load_model
-    from analysis.steering import forward, load_pair_set
+    from analysis.steering import compute_alpha_sweep, load_pair_set
     from analysis.steering.generation import GenerationConfig, Steering, generate
     from analysis.steering.vector import SteeringConfig, build_steering_vector
 
-    lm = load_model()
+    lm = load_model(device=os.environ.get("REPSCOPE_BENCH_DEVICE"))
     pairs = load_pair_set("sentiment")
-    hf = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(converted_folder(), dtype=lm.dtype).to(lm.device)
     hf.eval()
-    recorded: list = []
-    inner = forward._selected_logits
-
-    def recording(lm_, ids, mask, sel_r, sel_c, hooks):
-        recorded.append((ids.clone(), mask.clone()))
-        return inner(lm_, ids, mask, sel_r, sel_c, hooks)
-
-    texts = [p.positive_text for p in pairs.train] + [p.negative_text for p in pairs.train]
-    pair_batches = [lm.tokenize(texts[i:i + 16]) for i in range(0, len(texts), 16)]
-    old = os.environ.get("REPSCOPE_CACHE")
-    forward._selected_logits = recording
+    stages: dict = {}
+    old = os.environ.get("REPSCOPE_ACTIVATION_CACHE")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            os.environ["REPSCOPE_CACHE"] = tmp  # time the activation pass too, not a cache hit
-            start = time.perf_counter()
-            run_steer(lm, _steer_args(os.path.join(tmp, "out")))
-            t_steer = time.perf_counter() - start
-            steer_batches = list(recorded)
-            recorded.clear()
-            start = time.perf_counter()
-            vec, search, _ = build_steering_vector(lm, pairs, SteeringConfig())  # activations now cached
-            t_search = time.perf_counter() - start
-            search_batches = list(recorded)
+            os.environ["REPSCOPE_ACTIVATION_CACHE"] = os.path.join(tmp, "activations")  # a first run: cold
+            stages["steer_default_cold"], _ = _stage(
+                hf, lambda: run_steer(lm, _steer_args(os.path.join(tmp, "cold"))), TARGETS["steer_default_cold"])
+            stages["steer_default_warm"], _ = _stage(
+                hf, lambda: run_steer(lm, _steer_args(os.path.join(tmp, "warm"))), TARGETS["steer_default_warm"])
+            stages["behavioural_search"], (vec, search, _) = _stage(
+                hf, lambda: build_steering_vector(lm, pairs, SteeringConfig()), TARGETS["behavioural_search"])
+            stages["page_sweep"], sweep = _stage(
+                hf, lambda: compute_alpha_sweep(lm, vec, pairs.test, (-2.0, -1.0, 0.0, 1.0, 2.0), layers=vec.layers),
+                TARGETS["page_sweep"])
     finally:
-        forward._selected_logits = inner
         if old is None:
-            os.environ.pop("REPSCOPE_CACHE", None)
+            os.environ.pop("REPSCOPE_ACTIVATION_CACHE", None)
         else:
-            os.environ["REPSCOPE_CACHE"] = old
-    base_steer = _plain_forward_seconds(hf, steer_batches + pair_batches)
-    base_search = _plain_forward_seconds(hf, search_batches)
-    n_tok = lambda bs: int(sum(int(m.sum()) for _, m in bs))  # noqa: E731
+            os.environ["REPSCOPE_ACTIVATION_CACHE"] = old
     report["pipeline"] = {
-        "threads": torch.get_num_threads(), "pairs": len(pairs.train), "test_pairs": len(pairs.test),
-        "layers_searched": len(search.layers), "strengths": list(search.strengths), "chosen_layer": vec.layers[0],
-        "steer_default_seconds": round(t_steer, 2), "steer_tokens": n_tok(steer_batches + pair_batches),
-        "steer_baseline_seconds": round(base_steer, 2), "steer_ratio": round(t_steer / base_steer, 3),
-        "search_seconds": round(t_search, 2), "search_tokens": n_tok(search_batches),
-        "search_baseline_seconds": round(base_search, 2), "search_ratio": round(t_search / base_search, 3),
-        "target_seconds": {"steer_default": 60, "behavioural_search": 120},
-        "load_average": os.getloadavg()[0],
+        "threads": torch.get_num_threads(), "device": str(lm.device), "pairs": len(pairs.train),
+        "test_pairs": len(pairs.test), "layers_searched": len(search.layers), "strengths": list(search.strengths),
+        "search_cells_run": int(np.isfinite(search.gain).sum()),
+        "chosen_layer": vec.layers[0], "sweep_alphas": sweep.alphas.tolist(), "n_null": int(sweep.null_gain.shape[1]),
+        "stages": stages,
     }
 
     ids, _ = lm.tokenize([PROMPT])

@@ -388,7 +388,7 @@ def test_real_hf_twin_and_bridge_paths_agree_when_steered(real_lm, sentiment):
     real_lm.assert_clean()
     # transformers adds its own output-capturing hooks on first use; none of ours may remain
     left = [h for layer in twin.model.layers for h in layer._forward_hooks.values()]
-    assert not [h for h in left if "_torch_add" in getattr(h, "__qualname__", "")]
+    assert not [h for h in left if "torch_add" in getattr(h, "__qualname__", "")]
 
 
 @pytest.mark.real_model

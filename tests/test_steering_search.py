@@ -52,6 +52,95 @@ def test_selected_position_pass_equals_full_forward_in_float64(lm64):
     lm64.assert_clean()
 
 
+def _mixed_cells(lm, batch, rng):
+    """Cells with different layers, strengths, row subsets, a two-layer cell, KL and read-out."""
+    from analysis.steering.forward import Cell
+
+    d = lambda: rng.normal(size=lm.d_model) * 2  # noqa: E731
+    pairs = tuple(range(2 * batch.n_pairs))
+    return [Cell({0: d()}, kl=True, readout=True), Cell({1: d()}, rows=pairs), Cell({2: d(), 0: d()}, kl=True),
+            Cell({}, readout=True), Cell({1: d()}, rows=(0, 2 * batch.n_pairs + 1), kl=True)]
+
+
+def _check_same(a, b, tol):
+    for x, y in zip(a, b):
+        for f in ("gap", "bg_nll", "bg_kl", "readout"):
+            u, v = getattr(x, f), getattr(y, f)
+            assert (u is None) == (v is None), f
+            if u is not None:
+                np.testing.assert_array_equal(np.isnan(u), np.isnan(v))
+                np.testing.assert_allclose(u, v, rtol=tol, atol=tol, equal_nan=True, err_msg=f)
+
+
+def test_cells_sharing_passes_score_as_if_run_alone_in_float64(lm64, monkeypatch):
+    """Packing many cells' rows into length-sorted passes (per-row deltas, zero for rows that do not
+    steer a layer) changes nothing: exact in float64 against one cell per call."""
+    from analysis.steering import forward
+
+    batch = prepare_batch(lm64, VAL, BACKGROUND)
+    base = score_batch(lm64, batch, keep_logp=True)
+    cells = _mixed_cells(lm64, batch, np.random.default_rng(3))
+    passes = []
+    inner = forward._selected_logits
+    monkeypatch.setattr(forward, "_selected_logits", lambda *a: passes.append(a[1].shape) or inner(*a))
+    together = forward.score_cells(lm64, batch, cells, base_logp=base.bg_logp, readout_layer=3)
+    n_together = len(passes)
+    alone = [score_batch(lm64, batch, c.deltas, rows=c.rows, base_logp=base.bg_logp if c.kl else None,
+                         readout_layer=3 if c.readout else None) for c in cells]
+    assert n_together < len(passes) - n_together  # fewer, larger passes
+    _check_same(together, alone, 1e-12)
+    monkeypatch.setattr(forward, "PASS_TOKENS", 8)  # forces one short pass per few rows
+    _check_same(forward.score_cells(lm64, batch, cells, base_logp=base.bg_logp, readout_layer=3), alone, 1e-12)
+    lm64.assert_clean()
+
+
+def test_twin_pass_matches_bridge_pass_and_plain_transformers(tiny_bridge_lm, monkeypatch):
+    """On the bridge backend the scoring pass runs on the HF twin: same numbers as the bridge's own
+    hooks and as a plain transformers forward (full log-softmax, torch hook adding the delta).
+    Float32 on O(1) random-model logits, sums of <= 6 log-probs of size ~log(vocab): 1e-5 absolute."""
+    from analysis.steering import forward
+
+    lm, hf = tiny_bridge_lm
+    pairs = (Pair("the food was", " good", " bad"), Pair("the dog went to", " paris .", " a man"))
+    batch = prepare_batch(lm, pairs, BACKGROUND)
+    assert forward._twin_for(lm) is not None
+    base = score_batch(lm, batch, keep_logp=True)
+    cells = _mixed_cells(lm, batch, np.random.default_rng(4))
+    twin = forward.score_cells(lm, batch, cells, base_logp=base.bg_logp, readout_layer=2)
+    monkeypatch.setattr(forward, "USE_TWIN", False)
+    assert forward._twin_for(lm) is None
+    bridge_base = score_batch(lm, batch, keep_logp=True)
+    bridge = forward.score_cells(lm, batch, cells, base_logp=bridge_base.bg_logp, readout_layer=2)
+    _check_same(twin, bridge, 1e-5)
+    for c, got in zip(cells, twin):  # oracle: plain HF, one text at a time
+        handles = [hf.model.layers[l].register_forward_hook(forward.torch_add(torch.as_tensor(v, dtype=torch.float32)))
+                   for l, v in c.deltas.items()]
+        try:
+            with torch.no_grad():
+                lps = [hf(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1) for ids in batch.ids]
+        finally:
+            for h in handles:
+                h.remove()
+        rows = range(batch.n_rows) if c.rows is None else c.rows
+        for i, pair in enumerate(pairs):
+            if i in rows and i + 2 in rows:
+                s = [sum(float(lps[r][int(batch.n_prompt[r]) - 1 + k, batch.ids[r][int(batch.n_prompt[r]) + k]])
+                         for k in range(int(batch.n_response[r]))) for r in (i, i + 2)]
+                assert got.gap[i] == pytest.approx(s[0] - s[1], abs=1e-5)
+        for b in range(batch.n_bg):
+            r = 4 + b
+            if r in rows:
+                ids = batch.ids[r]
+                nll = -float(np.mean([float(lps[r][k, ids[k + 1]]) for k in range(len(ids) - 1)]))
+                assert got.bg_nll[b] == pytest.approx(nll, abs=1e-5)
+    lm.assert_clean()
+    from analysis.steering import hf_twin
+
+    assert not [h for layer in hf_twin(lm).model.layers for h in layer._forward_hooks.values()
+                if "torch_add" in getattr(h, "__qualname__", "")]
+    assert not hf_twin(lm).model.norm._forward_hooks
+
+
 def _gradient_direction(lm, pairs, layer):
     """d(mean gap)/d(resid_post[layer]) summed over positions: the steepest steering direction there."""
     grads = []
@@ -128,8 +217,11 @@ def test_default_build_runs_the_behavioural_search_on_held_out_train_pairs(tiny_
     assert sum("chosen: layer" in (t.name or "") for t in fig.data) == 2 and len(fig.data) == 4
 
 
-def test_search_can_be_stopped_and_keeps_finished_layers(lm64):
+def test_search_can_be_stopped_and_keeps_finished_layers(lm64, monkeypatch):
     from analysis.progress import Stopped
+    from analysis.steering import search
+
+    monkeypatch.setattr(search, "GROUP_TOKENS", 1)  # one cell per group: a Stop lands between layers
 
     calls = []
 

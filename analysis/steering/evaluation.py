@@ -33,7 +33,7 @@ import numpy as np
 from analysis.models import LoadedModel
 from analysis.progress import Stopped, report
 from analysis.sampling import rng, subsample
-from analysis.steering.forward import mean_sem, pair_rows, prepare_batch, score_batch
+from analysis.steering.forward import Cell, mean_sem, pair_rows, prepare_batch, score_batch, score_cells
 from analysis.steering.pairs import Pair
 from analysis.steering.vector import SteeringVector
 from analysis.vectors import cosine, unit
@@ -168,17 +168,21 @@ def compute_alpha_sweep(
     try:
         report(progress, 0.0, "α sweep: unsteered baseline")
         base = score_batch(lm, batch, keep_logp=True, readout_layer=readout)
-        base_null = base.gap
         proj0 = base.readout @ cavs.directions.T if readout is not None else None
         sd0 = proj0.std(0, ddof=1) if proj0 is not None and len(bg) > 1 else None
         for a in alphas:
-            report(progress, done / steps, f"α sweep: α = {a:g}")
+            report(progress, done / steps, f"α sweep: α = {a:g}" + (
+                f" and {len(nulls)} random directions" if nulls and a != 0 else ""))
             if a == 0:
-                s = base
+                s, row = base, [0.0] * len(nulls)
             else:
-                s = score_batch(lm, batch, {l: a * vector.vectors[l] for l in layers},
-                                base_logp=base.bg_logp, readout_layer=readout)
-            done += 1
+                # the vector and every null direction at this α, scored together (pair rows only for nulls)
+                cells = [Cell(deltas={l: a * vector.vectors[l] for l in layers}, kl=True, readout=readout is not None)]
+                cells += [Cell(deltas={l: a * d for l, d in direction.items()}, rows=tuple(pair_rows(batch)))
+                          for direction in nulls]
+                s, *null_scores = score_cells(lm, batch, cells, base_logp=base.bg_logp, readout_layer=readout)
+                row = [float(np.mean(r.gap - base.gap)) for r in null_scores]
+            done += 1 + len(nulls)
             gaps.append(s.gap)
             m, e = mean_sem(s.bg_nll)
             loss.append(m)
@@ -189,15 +193,6 @@ def compute_alpha_sweep(
             if proj0 is not None:
                 d = (s.readout @ cavs.directions.T - proj0).mean(0)
                 shift.append(d / np.where(sd0 > 0, sd0, 1.0) if sd0 is not None else d)
-            row = []
-            for k_dir, direction in enumerate(nulls):
-                if a == 0:
-                    row.append(0.0)
-                    continue
-                report(progress, done / steps, f"α sweep: α = {a:g}, random direction {k_dir + 1}/{len(nulls)}")
-                r = score_batch(lm, batch, {l: a * d for l, d in direction.items()}, rows=pair_rows(batch))
-                row.append(float(np.mean(r.gap - base_null)))
-                done += 1
             null_gain.append(row)
         report(progress, 1.0, "α sweep: done")
     except Stopped:

@@ -1,10 +1,11 @@
-"""Steered forward passes that unembed only the positions a score needs.
+"""Steered forward passes that unembed only the positions a score needs, many steering settings per pass.
 
 One batch (:class:`EvalBatch`) holds held-out pairs and a background sample,
 tokenised once with :func:`analysis.logprobs.encode` (prompt with BOS,
-completion without special tokens) and right-padded together. Each call of
-:func:`score_batch` runs one forward pass with ``deltas`` added to
-``resid_post[l]`` at every position of every row, and returns
+completion without special tokens). A *cell* (:class:`Cell`) is one steering
+setting: ``deltas[l]`` added to ``resid_post[l]`` at every position, on a
+subset of the batch's rows. :func:`score_cells` scores many cells at once and
+returns, per cell,
 
 * the log-prob gap ``Σ log p(positive) − Σ log p(negative)`` per pair,
 * the mean next-token NLL per background text,
@@ -12,17 +13,32 @@ completion without special tokens) and right-padded together. Each call of
   background text (when the unsteered log-probs are given),
 * ``resid_post`` at a read-out layer, last real token of each background text.
 
-A hook on ``ln_final.hook_normalized`` keeps only the wanted positions, so
-the unembedding (262k wide on Gemma) runs on a few hundred rows instead of
-every padded position. Footgun: the hook changes that tensor's shape to
-``(1, N, d)``; the model's remaining ops (norm weight, unembed) are
-position-wise, which is what makes this exact.
+How it is fast without changing what is computed:
+
+* every (cell, row) item is one row of some forward pass; the rows of all cells
+  in a group are sorted by length and packed into passes of at most
+  :data:`PASS_TOKENS` padded tokens and :data:`PASS_POSITIONS` unembedded
+  positions, so almost no compute goes to padding and each pass is a few large
+  matmuls instead of many small ones;
+* the steering hook at layer l adds a per-row delta (zero for rows of cells
+  that do not steer l; ``x + 0`` is exact), so cells with different layers and
+  strengths share a pass;
+* a hook on ``ln_final.hook_normalized`` keeps only the wanted positions, so
+  the unembedding (262k wide on Gemma) runs on a few hundred rows instead of
+  every padded position. Footgun: the hook changes that tensor's shape to
+  ``(1, N, d)``; the model's remaining ops (norm weight, unembed) are
+  position-wise, which is what makes this exact.
+
+Rows never attend to each other (causal attention, right padding), so a row's
+numbers do not depend on its pass-mates except through float32 rounding of
+differently shaped matmuls (≈1e-6 relative; exact in float64, tested).
+:func:`score_batch` is the one-cell form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +49,11 @@ from analysis.logprobs import encode, pad_right, target_logprobs
 from analysis.models import LoadedModel
 
 FINAL_NORM = "ln_final.hook_normalized"
-MAX_ROWS = 32  # rows per forward: bounds the (positions x vocab) logits of one pass
+# One pass: at most this many padded tokens and unembedded positions. The positions bound the
+# (positions x vocab) float32 logits (384 x 262,144 x 4 B = 0.4 GB on Gemma, twice with a log-softmax copy).
+PASS_TOKENS = 2048
+PASS_POSITIONS = 384
+USE_TWIN = True  # bridge backend: run scoring passes on the plain HF twin (see _selected_logits)
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,22 @@ class BatchScores:
     bg_logp: list | None = None  # per background row: (positions, vocab) log-probs, when kept
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One steering setting to score: ``deltas[l]`` (shape (d,)) added at layer ``l``, on ``rows`` (None: all).
+
+    ``kl``: also the KL to the unsteered distribution on background rows (needs ``base_logp``);
+    ``readout``: also ``resid_post[readout_layer]`` at each background row's last token;
+    ``keep_logp``: keep the background rows' (positions, vocab) log-probs (for a later KL).
+    """
+
+    deltas: dict = field(default_factory=dict)
+    rows: tuple[int, ...] | None = None
+    kl: bool = False
+    readout: bool = False
+    keep_logp: bool = False
+
+
 def _positions(batch: EvalBatch, row: int) -> np.ndarray:
     """Positions whose next token is scored: the completion's for pair rows, all for background rows."""
     if row < 2 * batch.n_pairs:
@@ -89,68 +125,141 @@ def _positions(batch: EvalBatch, row: int) -> np.ndarray:
     return np.arange(len(batch.ids[row]) - 1)
 
 
+def _passes(batch: EvalBatch, items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """(cell, row) items sorted by length, packed greedily into passes within the token/position budgets."""
+    order = sorted(items, key=lambda it: (len(batch.ids[it[1]]), it))
+    out, cur, width, n_pos = [], [], 0, 0
+    for it in order:
+        w, p = len(batch.ids[it[1]]), len(_positions(batch, it[1]))
+        if cur and ((len(cur) + 1) * max(width, w) > PASS_TOKENS or n_pos + p > PASS_POSITIONS):
+            out.append(cur)
+            cur, width, n_pos = [], 0, 0
+        cur.append(it)
+        width, n_pos = max(width, w), n_pos + p
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _groups(batch: EvalBatch, cells: Sequence[Cell], group_tokens: int | None) -> list[list[int]]:
+    """Consecutive cells whose rows add up to about ``group_tokens`` real tokens (None: one group)."""
+    if group_tokens is None:
+        return [list(range(len(cells)))]
+    out, cur, n = [], [], 0
+    for k, c in enumerate(cells):
+        rows = range(batch.n_rows) if c.rows is None else c.rows
+        t = sum(len(batch.ids[r]) for r in rows)
+        if cur and n + t > group_tokens:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(k)
+        n += t
+    if cur:
+        out.append(cur)
+    return out
+
+
 @torch.inference_mode()
+def score_cells(
+    lm: LoadedModel, batch: EvalBatch, cells: Sequence[Cell], *, base_logp: list | None = None,
+    readout_layer: int | None = None, group_tokens: int | None = None,
+    before_group: Callable[[list[int]], None] | None = None,
+    on_group: Callable[[list[int], list[BatchScores]], None] | None = None,
+) -> list[BatchScores]:
+    """Scores of every cell (see module doc), in passes that mix cells; rows not run are NaN.
+
+    Cells are processed in groups (consecutive cells of about ``group_tokens`` real tokens; None:
+    all in one group); ``before_group(cell_indices)`` is called before each group and
+    ``on_group(cell_indices, scores)`` after it; either may raise (e.g.
+    :class:`analysis.progress.Stopped`): the groups finished are complete. Takes
+    ``lm.lock`` per pass; call with the model free.
+    """
+    n, nb = batch.n_pairs, batch.n_bg
+    for c in cells:
+        if c.kl and base_logp is None:
+            raise ValueError("a cell asks for the KL but no base_logp (unsteered log-probs) was given")
+        if c.readout and readout_layer is None:
+            raise ValueError("a cell asks for a read-out but no readout_layer was given")
+    results: list[BatchScores] = [None] * len(cells)  # type: ignore[list-item]
+    for group in _groups(batch, cells, group_tokens):
+        if before_group is not None:
+            before_group(group)
+        row_lp: dict[tuple[int, int], torch.Tensor] = {}
+        kl: dict[tuple[int, int], float] = {}
+        kept: dict[tuple[int, int], torch.Tensor] = {}
+        readout: dict[tuple[int, int], np.ndarray] = {}
+        items = [(k, r) for k in group for r in (range(batch.n_rows) if cells[k].rows is None
+                                                 else sorted(set(int(x) for x in cells[k].rows)))]
+        for chunk in _passes(batch, items):
+            _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kept, readout)
+        for k in group:
+            c = cells[k]
+            gap = np.full(n, np.nan)
+            for i in range(n):
+                if (k, i) in row_lp and (k, i + n) in row_lp:
+                    gap[i] = float(row_lp[k, i].double().sum() - row_lp[k, i + n].double().sum())
+            bg_rows = range(2 * n, 2 * n + nb)
+            nll = np.array([float(-row_lp[k, r].double().mean()) if (k, r) in row_lp else np.nan for r in bg_rows])
+            out = None
+            if c.readout:
+                out = (np.stack([readout.get((k, r), np.full(lm.d_model, np.nan)) for r in bg_rows]) if nb
+                       else np.zeros((0, lm.d_model)))
+            results[k] = BatchScores(
+                gap=gap, bg_nll=nll, bg_kl=np.array([kl.get((k, r), np.nan) for r in bg_rows]) if c.kl else None,
+                readout=out, bg_logp=[kept.get((k, r)) for r in bg_rows] if c.keep_logp else None)
+        if on_group is not None:
+            on_group(group, results)
+    return results
+
+
+def _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kept, readout) -> None:
+    n2 = 2 * batch.n_pairs
+    ids, mask = pad_right([batch.ids[r] for _, r in chunk], _pad_id(lm), lm.device)
+    pos = [_positions(batch, r) for _, r in chunk]
+    sel_r = torch.as_tensor(np.concatenate([np.full(len(p), j) for j, p in enumerate(pos)]), device=lm.device)
+    sel_c = torch.as_tensor(np.concatenate(pos), device=lm.device)
+    targets = ids[sel_r, sel_c + 1]
+    layers = sorted({int(l) for k, _ in chunk for l in cells[k].deltas})
+    deltas = {}
+    for l in layers:
+        d = torch.zeros(len(chunk), lm.d_model, dtype=lm.dtype, device=lm.device)
+        for j, (k, _) in enumerate(chunk):
+            if l in cells[k].deltas:
+                d[j] = torch.as_tensor(cells[k].deltas[l], dtype=lm.dtype, device=lm.device)
+        deltas[l] = d[:, None, :]
+    want_readout = [j for j, (k, r) in enumerate(chunk) if cells[k].readout and r >= n2]
+    logits, last_resid = _selected_logits(lm, ids, mask, sel_r, sel_c, deltas,
+                                          readout_layer if want_readout else None)
+    lp_t = target_logprobs(logits, targets)
+    offset = 0
+    for j, (k, r) in enumerate(chunk):
+        m = len(pos[j])
+        row_lp[k, r] = lp_t[offset:offset + m]
+        c = cells[k]
+        if r >= n2 and (c.kl or c.keep_logp):
+            full = torch.log_softmax(logits[offset:offset + m].float(), -1)
+            if c.keep_logp:
+                kept[k, r] = full
+            if c.kl:
+                p = base_logp[r - n2]
+                kl[k, r] = float((p.exp() * (p - full)).sum(-1).double().mean())
+        if j in want_readout:
+            readout[k, r] = last_resid[j].float().cpu().numpy()
+        offset += m
+
+
 def score_batch(
     lm: LoadedModel, batch: EvalBatch, deltas: dict[int, torch.Tensor | np.ndarray] | None = None, *,
     rows: Sequence[int] | None = None, base_logp: list | None = None, keep_logp: bool = False,
     readout_layer: int | None = None,
 ) -> BatchScores:
-    """One steered pass per chunk of ``MAX_ROWS`` rows; ``deltas[l]`` of shape (d,) is added at layer ``l``.
+    """One cell: ``deltas[l]`` of shape (d,) added at layer ``l`` on ``rows`` (None: all; others NaN).
 
-    ``rows`` restricts the pass to a subset of rows (e.g. pair rows only for a null direction);
-    scores of rows not run are NaN. ``base_logp`` (from an earlier ``keep_logp=True`` call with no
-    deltas) gives the KL. Call with the model free: takes ``lm.lock`` per chunk.
+    ``base_logp`` (from an earlier ``keep_logp=True`` call with no deltas) gives the KL.
     """
-    wanted = list(range(batch.n_rows)) if rows is None else sorted(set(int(r) for r in rows))
-    tensors = {int(l): torch.as_tensor(d, dtype=lm.dtype, device=lm.device) for l, d in (deltas or {}).items()}
-    row_lp: dict[int, torch.Tensor] = {}
-    bg_lp: dict[int, torch.Tensor] = {}
-    readout: dict[int, np.ndarray] = {}
-    for start in range(0, len(wanted), MAX_ROWS):
-        chunk = wanted[start:start + MAX_ROWS]
-        ids, mask = pad_right([batch.ids[r] for r in chunk], _pad_id(lm), lm.device)
-        pos = [_positions(batch, r) for r in chunk]
-        sel_r = torch.as_tensor(np.concatenate([np.full(len(p), j) for j, p in enumerate(pos)]), device=lm.device)
-        sel_c = torch.as_tensor(np.concatenate(pos), device=lm.device)
-        targets = ids[sel_r, sel_c + 1]
-        hooks = [(resid_hook(l), _adder(d)) for l, d in tensors.items()]
-        captured = {}
-        if readout_layer is not None:
-            last = mask.sum(1) - 1
-            hooks.append((resid_hook(readout_layer),
-                          lambda x, hook: captured.__setitem__("r", x[torch.arange(x.shape[0]), last].detach())))
-        logits = _selected_logits(lm, ids, mask, sel_r, sel_c, hooks)
-        lp_t = target_logprobs(logits, targets)
-        need_full = keep_logp or base_logp is not None
-        full = torch.log_softmax(logits.float(), -1) if need_full else None
-        offset = 0
-        for j, r in enumerate(chunk):
-            k = len(pos[j])
-            row_lp[r] = lp_t[offset:offset + k]
-            if r >= 2 * batch.n_pairs and need_full:
-                bg_lp[r] = full[offset:offset + k]
-            if "r" in captured and r >= 2 * batch.n_pairs:
-                readout[r] = captured["r"][j].float().cpu().numpy()
-            offset += k
-    n, nb = batch.n_pairs, batch.n_bg
-    gap = np.full(n, np.nan)
-    for i in range(n):
-        if i in row_lp and i + n in row_lp:
-            gap[i] = float(row_lp[i].double().sum() - row_lp[i + n].double().sum())
-    bg_rows = range(2 * n, 2 * n + nb)
-    nll = np.array([float(-row_lp[r].double().mean()) if r in row_lp else np.nan for r in bg_rows])
-    kl = None
-    if base_logp is not None:
-        kl = np.full(nb, np.nan)
-        for b, r in enumerate(bg_rows):
-            if r in bg_lp:
-                p = base_logp[b]
-                kl[b] = float((p.exp() * (p - bg_lp[r])).sum(-1).double().mean())
-    out = None
-    if readout_layer is not None:
-        out = np.stack([readout.get(r, np.full(lm.d_model, np.nan)) for r in bg_rows]) if nb else np.zeros((0, lm.d_model))
-    keep = [bg_lp.get(r) for r in bg_rows] if keep_logp else None
-    return BatchScores(gap=gap, bg_nll=nll, bg_kl=kl, readout=out, bg_logp=keep)
+    cell = Cell(deltas=dict(deltas or {}), rows=None if rows is None else tuple(rows), kl=base_logp is not None,
+                readout=readout_layer is not None, keep_logp=keep_logp)
+    return score_cells(lm, batch, [cell], base_logp=base_logp, readout_layer=readout_layer)[0]
 
 
 def mean_sem(x) -> tuple[float, float]:
@@ -175,11 +284,67 @@ def _adder(delta: torch.Tensor):
     return lambda resid, hook: resid + delta.to(resid.device)
 
 
-def _selected_logits(lm, ids, mask, sel_r, sel_c, hooks) -> torch.Tensor:
-    """Logits ``(N, vocab)`` at (sel_r[i], sel_c[i]) under ``hooks``."""
+def torch_add(delta: torch.Tensor):
+    """Forward hook for a plain HF decoder layer: its output is resid_post (a tensor or a tuple)."""
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] + delta.to(output[0].device),) + tuple(output[1:])
+        return output + delta.to(output.device)
+    return hook
+
+
+def _twin_for(lm):
+    """The plain HF twin when the scoring pass can run on it (bridge backend, llama-style layout), else None."""
+    if not USE_TWIN or lm.backend != "bridge" or not hasattr(lm.model, "original_model"):
+        return None
+    from analysis.steering.twin import hf_twin
+
+    twin = hf_twin(lm)
+    inner = getattr(twin, "model", None)
+    return twin if hasattr(inner, "layers") and hasattr(inner, "norm") else None
+
+
+def _selected_logits(lm, ids, mask, sel_r, sel_c, deltas, readout_layer=None):
+    """Logits ``(N, vocab)`` at (sel_r[i], sel_c[i]) with ``deltas[l]`` added to resid_post[l], and
+    resid_post[readout_layer] at each row's last real token (None when not asked).
+
+    On the bridge backend the pass runs on the plain HF twin (same tensors, HF's own forward; the
+    bridge's per-module wrappers compute every RMSNorm twice, ~1.5x slower here), with torch hooks:
+    an adder on each steered decoder layer, a capture at the read-out layer and a position selection
+    on the final norm's output, so the LM head (and any logit soft-capping) runs on N rows only.
+    Otherwise TransformerLens hooks do the same on ``lm.model``.
+    """
+    last = mask.sum(1) - 1
+    captured = {}
+    twin = _twin_for(lm)
+    if twin is not None:
+        layers = twin.model.layers
+
+        def capture(module, args, output):
+            x = output[0] if isinstance(output, tuple) else output
+            captured["r"] = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)].detach()
+
+        def select(module, args, output):
+            return output[sel_r.to(output.device), sel_c.to(output.device)][None]
+
+        with lm.lock:
+            handles = [layers[l].register_forward_hook(torch_add(d)) for l, d in deltas.items()]
+            try:
+                if readout_layer is not None:
+                    handles.append(layers[readout_layer].register_forward_hook(capture))
+                handles.append(twin.model.norm.register_forward_hook(select))
+                logits = twin(input_ids=ids, attention_mask=mask, use_cache=False).logits[0]
+            finally:
+                for h in handles:
+                    h.remove()
+        return logits, captured.get("r")
+    hooks = [(resid_hook(l), _adder(d)) for l, d in deltas.items()]
+    if readout_layer is not None:
+        hooks.append((resid_hook(readout_layer),
+                      lambda x, hook: captured.__setitem__("r", x[torch.arange(x.shape[0]), last].detach())))
     if FINAL_NORM in lm.model.hook_dict:
         keep = (FINAL_NORM, lambda h, hook: h[sel_r, sel_c][None])
         with lm.hooked(hooks + [keep]) as model:
-            return model(ids, attention_mask=mask)[0]
+            return model(ids, attention_mask=mask)[0], captured.get("r")
     with lm.hooked(hooks) as model:
-        return model(ids, attention_mask=mask)[sel_r, sel_c]
+        return model(ids, attention_mask=mask)[sel_r, sel_c], captured.get("r")

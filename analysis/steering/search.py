@@ -42,7 +42,11 @@ import numpy as np
 from analysis.models import LoadedModel
 from analysis.progress import Stopped, report
 from analysis.sampling import subsample_indices
-from analysis.steering.forward import mean_sem, prepare_batch, score_batch
+from analysis.steering.forward import Cell, mean_sem, prepare_batch, score_batch, score_cells
+
+# Cells of one strength round scored together, in groups of about this many real tokens: a Stop keeps
+# the groups finished. Larger groups pack passes better; 8k tokens is the whole round on the shipped sets.
+GROUP_TOKENS = 8192
 
 
 def _budget(gain: np.ndarray, cost: np.ndarray, cfg: "SearchConfig") -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +222,9 @@ def behavioural_search(
 ) -> BehaviouralSearch:
     """Sweep ``layers`` × ``config.strengths`` (see module doc). ``vectors``: (n_layers, d) fit on other pairs.
 
-    ``progress(fraction, stage)`` may raise :class:`analysis.progress.Stopped`: the layers finished
-    so far are kept and ``stopped`` is True.
+    Cells are scored one strength round at a time (every layer still in the search), many cells per
+    forward pass (:func:`analysis.steering.forward.score_cells`). ``progress(fraction, stage)`` may raise
+    :class:`analysis.progress.Stopped`: the cells finished so far are kept and ``stopped`` is True.
     """
     if not val_pairs:
         raise ValueError("the behavioural search needs at least one validation pair")
@@ -237,18 +242,31 @@ def behavioural_search(
     stopped = False
     early = (config.rule == "budget" and config.stop_over_budget and bool(len(bg))
              and bool(np.all(strengths > 0)) and bool(np.all(np.diff(strengths) > 0)))
+    done = [0]
     try:
         report(progress, 0.0, "behavioural search: unsteered baseline")
         base = score_batch(lm, batch)
-        for i, l in enumerate(layers):
-            for j, _ in enumerate(strengths):
-                report(progress, (1 + i * len(strengths) + j) / total,
-                       f"behavioural search: layer {int(l)}, strength {strengths[j]:g}")
-                s = score_batch(lm, batch, {int(l): alphas[i, j] * vectors[l]})
-                gain[i, j], gain_sem[i, j] = mean_sem(s.gap - base.gap)
-                cost[i, j], cost_sem[i, j] = mean_sem(s.bg_nll - base.bg_nll) if len(bg) else (0.0, 0.0)
-                if early and cost[i, j] > config.loss_budget:
-                    break
+        active = list(range(len(layers)))
+        for j in range(len(strengths)):
+            # one round per strength: every layer still within budget, many cells per pass
+            cells = [Cell(deltas={int(layers[i]): alphas[i, j] * vectors[layers[i]]}) for i in active]
+
+            def starting(group, j=j, active=tuple(active)):
+                names = [str(int(layers[active[k]])) for k in group]
+                report(progress, (1 + done[0]) / total, f"behavioural search: strength {strengths[j]:g}, "
+                       + ("layer " if len(names) == 1 else "layers ") + ", ".join(names))
+
+            def finished(group, scores, j=j, active=tuple(active)):
+                for k in group:
+                    i, s = active[k], scores[k]
+                    gain[i, j], gain_sem[i, j] = mean_sem(s.gap - base.gap)
+                    cost[i, j], cost_sem[i, j] = mean_sem(s.bg_nll - base.bg_nll) if len(bg) else (0.0, 0.0)
+                done[0] += len(group)
+
+            if cells:
+                score_cells(lm, batch, cells, group_tokens=GROUP_TOKENS, before_group=starting, on_group=finished)
+            if early:
+                active = [i for i in active if not cost[i, j] > config.loss_budget]
         report(progress, 1.0, "behavioural search: done")
     except Stopped:
         stopped = True

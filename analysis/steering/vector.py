@@ -42,6 +42,7 @@ from analysis.activations import extract, resid_hook, resid_hooks
 from analysis.models import LoadedModel
 from analysis.progress import report, scaled
 from analysis.steering.pairs import Pair, PairSet
+from analysis.steering.forward import torch_add
 from analysis.steering.search import SearchConfig, behavioural_search, split_validation
 from analysis.steering.twin import existing_twin
 
@@ -384,17 +385,8 @@ def apply(
             twin = existing_twin(lm)  # the plain HF view generation uses, if one was made
             if twin is not None and alpha != 0:
                 for l in layers:
-                    handles.append(twin.model.layers[l].register_forward_hook(_torch_add(deltas[l])))
+                    handles.append(twin.model.layers[l].register_forward_hook(torch_add(deltas[l])))
             yield lm
         finally:
             for h in handles:
                 h.remove()
-
-
-def _torch_add(delta: torch.Tensor):
-    """Forward hook for a plain HF decoder layer: its output is resid_post (a tensor or a tuple)."""
-    def hook(module, args, output):
-        if isinstance(output, tuple):
-            return (output[0] + delta.to(output[0].device),) + tuple(output[1:])
-        return output + delta.to(output.device)
-    return hook
