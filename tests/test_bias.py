@@ -29,7 +29,8 @@ from analysis.bias.behaviour import (
     spearman,
 )
 from analysis.bias.resampling import bootstrap_draws, mean_diff
-from analysis.concepts.cavs import CavConfig, fit_cavs_arrays, fit_mean_diff
+from analysis.concepts.cavs import CavConfig, fit_cavs_arrays
+from analysis.concepts.fitters import fit_mean_diff
 from analysis.concepts.sets import ConceptSet, load_concepts
 
 

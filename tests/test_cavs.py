@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.concepts import cavs
+from analysis.concepts import cavs, fitters
 from analysis.concepts.cavs import CavConfig, CavResult, cosine_matrix, cv_accuracy, fit_cavs, fit_cavs_arrays
 from analysis.concepts.sets import ConceptSet
 from analysis.concepts.projection import project
@@ -32,7 +32,7 @@ def test_fitter_recovers_planted_direction(method):
 def test_mean_diff_by_hand():
     x = np.array([[2.0, 0.0], [4.0, 2.0], [0.0, 0.0], [0.0, 2.0]])
     y = np.array([1, 1, 0, 0])
-    w, b = cavs.fit_mean_diff(x, y)
+    w, b = fitters.fit_mean_diff(x, y)
     assert w == pytest.approx([3.0, 0.0])  # (3, 1) - (0, 1)
     assert b == pytest.approx(-4.5)  # -w·((3,1)+(0,1))/2
 
@@ -263,7 +263,7 @@ def test_sentiment_cavs_on_real_model(real_lm):
     with threadpool_limits(1):
         for layer in range(18):
             x = acts[layer, :120]
-            w, b = cavs.fit_logistic(x[train], y[train])
+            w, b = fitters.fit_logistic(x[train], y[train])
             held_out.append(float(np.mean(((x[test] @ w + b) > 0) == y[test])))
     print("held-out pos-vs-neg accuracy by layer:", [round(a, 3) for a in held_out])
     # Oracle: sklearn's LogisticRegression (same C) on the same real activations. Where sklearn
@@ -277,7 +277,7 @@ def test_sentiment_cavs_on_real_model(real_lm):
     agreed = 0
     for layer in (0, 6, 12, 17):
         x = acts[layer, :120].astype(np.float64)
-        w, b = cavs.fit_logistic(x[train], y[train])
+        w, b = fitters.fit_logistic(x[train], y[train])
         clf = LogisticRegression(C=1.0, solver="newton-cg", tol=1e-10, max_iter=10_000).fit(x[train], y[train])
         ours, ref = objective(w, b, x[train], y[train]), objective(clf.coef_[0], clf.intercept_[0], x[train], y[train])
         assert ours <= ref * (1 + 1e-6)

@@ -29,13 +29,15 @@ from analysis.concepts.sets import (  # noqa: F401
     WorkspaceWarning,
     workspace_problems,
 )
-from analysis.concepts.cavs import (  # noqa: F401
-    POOLINGS,
+from analysis.concepts.fitters import (  # noqa: F401
     fit_logistic,
     fit_mean_diff,
     FITTERS,
     unit,
     cv_accuracy,
+)
+from analysis.concepts.cavs import (  # noqa: F401
+    POOLINGS,
     CavConfig,
     CavResult,
     null_accuracies,
@@ -51,6 +53,8 @@ from analysis.concepts.cavs import (  # noqa: F401
 from analysis.concepts.logistic import (  # noqa: F401
     fit_logistic_batched,
     fit_logistic_gram,
+)
+from analysis.concepts.pooled import (  # noqa: F401
     fit_logistic_rows,
 )
 from analysis.concepts.projection import (  # noqa: F401

@@ -37,7 +37,8 @@ from jaxtyping import Bool, Float
 
 from analysis import vectors
 from analysis.activations import extract, resid_hooks
-from analysis.concepts.logistic import cross_validate_gram, cross_validate_pool, fit_logistic_batched
+from analysis.concepts.fitters import FITTERS, _logistic_cv, cv_accuracy, folds_for, unit
+from analysis.concepts.pooled import RowPool
 from analysis.concepts.sets import DEFAULT_BACKGROUND, ConceptSet, check_name
 from analysis.progress import Progress, report
 from analysis.recipes import check_config_keys
@@ -45,71 +46,6 @@ from analysis.sampling import rng as seeded_rng
 from analysis.sampling import subsample
 
 POOLINGS = ("last", "mean")
-Fitter = Callable[..., tuple[np.ndarray, float]]
-
-
-# ---------------------------------------------------------------- fitters
-
-def fit_logistic(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
-    """L2 logistic regression, sklearn's ``LogisticRegression(C=C)`` objective: ``(weights (d,), intercept)``.
-
-    One problem of :func:`analysis.concepts.logistic.fit_logistic_batched`
-    (solved to the optimum; sklearn's default tol=1e-4 stops short of it on
-    residual streams with norms in the thousands). ``seed`` is unused (the fit is
-    deterministic) and kept for the fitter signature.
-    """
-    w, b = fit_logistic_batched(np.asarray(x)[None], np.asarray(y)[None], C)
-    return w[0].numpy(), float(b[0])
-
-
-def fit_mean_diff(x: Float[np.ndarray, "n d"], y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Mean(pos) − mean(neg); the decision threshold is the midpoint of the two means."""
-    pos, neg = x[y == 1].mean(0, dtype=np.float64), x[y == 0].mean(0, dtype=np.float64)
-    w = pos - neg
-    return w, float(-w @ (pos + neg) / 2)
-
-
-FITTERS: dict[str, Fitter] = {"logistic": fit_logistic, "mean_diff": fit_mean_diff}
-
-
-unit = vectors.unit
-
-
-def folds_for(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``StratifiedKFold(n_folds, shuffle=True, random_state=seed)`` splits (they depend only on y)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros((len(y), 1)), y))
-
-
-def cv_accuracy(x: np.ndarray, y: np.ndarray, method: str, *, n_folds: int, C: float, seed: int) -> tuple[float, float]:
-    """Mean and std of held-out accuracy over stratified, shuffled k folds."""
-    folds = folds_for(y, n_folds, seed)
-    if method == "logistic":
-        acc = _logistic_cv(np.asarray(x)[None], y, folds, C, torch.device("cpu"))[2][0]
-        return float(acc.mean()), float(acc.std())
-    scores = []
-    for train, test in folds:
-        w, b = FITTERS[method](x[train], y[train], C=C, seed=seed)
-        scores.append(float(np.mean(((x[test] @ w + b) > 0).astype(int) == y[test])))
-    return float(np.mean(scores)), float(np.std(scores))
-
-
-def _logistic_cv(x: Float[np.ndarray, "g n d"], y: np.ndarray, folds, C: float, device: torch.device,
-                 n_full: int | None = None):
-    """Unit CAVs (h, d) of the first ``n_full`` problems (default all), fold accuracies (g, f)
-    of all ``g`` problems sharing labels and folds.
-
-    Rows are centred per problem (it moves only the intercept) and each problem's
-    Gram matrix is formed once; all folds are sub-blocks of it.
-    """
-    xt = torch.as_tensor(np.asarray(x), device=device).double()
-    xc = xt - xt.mean(1, keepdim=True)
-    K = xc @ xc.transpose(1, 2)
-    alpha, _, acc = cross_validate_gram(K, torch.as_tensor(y, dtype=torch.float64, device=device), folds, C,
-                                        n_full=n_full)
-    w = (xc[: len(alpha)].transpose(1, 2) @ alpha[..., None])[..., 0]
-    return unit(w.cpu().numpy()), None, acc.cpu().numpy()
 
 
 # ---------------------------------------------------------------- config/result
@@ -280,44 +216,6 @@ def null_accuracies(neg: Float[np.ndarray, "l m d"], n: int, config: CavConfig, 
     return out
 
 
-class _RowPool:
-    """Every layer's background and concept rows as one pool, with one Gram matrix per layer.
-
-    Each CAV problem (a concept's sample against a background sample) and each
-    null split (two background halves) is a set of pool rows, so the pool's
-    Gram matrix (centred by the pool mean; the logistic w does not depend on the
-    centring) is formed once per layer and every problem's and fold's matrix is
-    gathered from it, instead of stacking and multiplying each problem's rows.
-    """
-
-    def __init__(self, negatives: np.ndarray, positives: dict[str, np.ndarray], device: torch.device):
-        parts = [negatives] + list(positives.values())
-        self.offset = dict(zip([None, *positives], np.cumsum([0] + [p.shape[1] for p in parts])[:-1].tolist()))
-        x = torch.as_tensor(np.concatenate(parts, axis=1), device=device).double()  # (l, R, d)
-        self.x = x - x.mean(1, keepdim=True)
-        self.gram = self.x @ self.x.transpose(1, 2)
-        self.n_layers = x.shape[0]
-
-    def rows(self, concept: str | None, idx) -> np.ndarray:
-        """Pool rows of a problem: ``(positive rows, background rows)`` of ``concept``, or background rows."""
-        if concept is None:
-            return np.asarray(idx)
-        pos_idx, neg_idx = idx
-        return np.concatenate([self.offset[concept] + np.asarray(pos_idx), np.asarray(neg_idx)])
-
-    def fit(self, problems: list[np.ndarray], y: np.ndarray, folds, C: float, *, n_full: int):
-        """Unit CAVs (n_full, l, d) of the first ``n_full`` problems and fold accuracies (problems, l, f)."""
-        n_l, dev = self.n_layers, self.gram.device
-        rows = torch.as_tensor(np.repeat(np.stack(problems), n_l, axis=0), device=dev)  # problem-major, then layer
-        layer = torch.arange(n_l, device=dev).repeat(len(problems))
-        alpha, _, acc = cross_validate_pool(self.gram, layer, rows, torch.as_tensor(y, dtype=torch.float64, device=dev),
-                                            folds, C, n_full=n_full * n_l)
-        r = rows[: n_full * n_l]
-        w = (self.x[layer[: n_full * n_l, None], r].transpose(1, 2) @ alpha[..., None])[..., 0]
-        return (unit(w.cpu().numpy()).reshape(n_full, n_l, -1),
-                acc.cpu().numpy().reshape(len(problems), n_l, -1))
-
-
 def fit_cavs_arrays(
     positives: dict[str, Float[np.ndarray, "l n d"]],
     negatives: Float[np.ndarray, "l m d"],
@@ -356,7 +254,7 @@ def fit_cavs_arrays(
         picked[name] = (pos_idx, neg_idx)
         sizes[ci] = n
     if config.method == "logistic":
-        pool = _RowPool(negatives, {name: positives[name] for name in names}, dev)
+        pool = RowPool(negatives, {name: positives[name] for name in names}, dev)
     for k, n in enumerate(sorted(set(sizes.tolist()))):
         group = [ci for ci in range(len(names)) if sizes[ci] == n]
         y = np.r_[np.ones(n, int), np.zeros(n, int)]
