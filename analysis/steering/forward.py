@@ -18,8 +18,9 @@ How it is fast without changing what is computed:
 * every (cell, row) item is one row of some forward pass; the rows of all cells
   in a group are sorted by length and packed into passes of at most
   :data:`PASS_TOKENS` padded tokens and :data:`PASS_POSITIONS` unembedded
-  positions, so almost no compute goes to padding and each pass is a few large
-  matmuls instead of many small ones;
+  positions (closing a pass rather than padding it by more than
+  :data:`PAD_WASTE`), so little compute goes to padding and each pass is a
+  few large matmuls instead of many small ones;
 * the steering hook at layer l adds a per-row delta (zero for rows of cells
   that do not steer l; ``x + 0`` is exact), so cells with different layers and
   strengths share a pass;
@@ -53,6 +54,9 @@ FINAL_NORM = "ln_final.hook_normalized"
 # (positions x vocab) float32 logits (384 x 262,144 x 4 B = 0.4 GB on Gemma, twice with a log-softmax copy).
 PASS_TOKENS = 2048
 PASS_POSITIONS = 384
+# ...and a pass of >= MIN_PASS_TOKENS real tokens is closed rather than padded by more than PAD_WASTE.
+MIN_PASS_TOKENS = 256
+PAD_WASTE = 0.125
 USE_TWIN = True  # bridge backend: run scoring passes on the plain HF twin (see _selected_logits)
 
 
@@ -128,14 +132,17 @@ def _positions(batch: EvalBatch, row: int) -> np.ndarray:
 def _passes(batch: EvalBatch, items: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     """(cell, row) items sorted by length, packed greedily into passes within the token/position budgets."""
     order = sorted(items, key=lambda it: (len(batch.ids[it[1]]), it))
-    out, cur, width, n_pos = [], [], 0, 0
+    out, cur, width, n_pos, real = [], [], 0, 0, 0
     for it in order:
         w, p = len(batch.ids[it[1]]), len(_positions(batch, it[1]))
-        if cur and ((len(cur) + 1) * max(width, w) > PASS_TOKENS or n_pos + p > PASS_POSITIONS):
+        padded = (len(cur) + 1) * max(width, w)
+        # a longer row would pad the whole pass: start a new one once this one is worth a pass
+        wasteful = real >= MIN_PASS_TOKENS and padded - (real + w) > PAD_WASTE * padded
+        if cur and (padded > PASS_TOKENS or n_pos + p > PASS_POSITIONS or wasteful):
             out.append(cur)
-            cur, width, n_pos = [], 0, 0
+            cur, width, n_pos, real = [], 0, 0, 0
         cur.append(it)
-        width, n_pos = max(width, w), n_pos + p
+        width, n_pos, real = max(width, w), n_pos + p, real + w
     if cur:
         out.append(cur)
     return out
