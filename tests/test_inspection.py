@@ -279,3 +279,13 @@ def test_fused_lens_equals_full_log_softmax_across_chunks(softcap):
     np.testing.assert_allclose(out["top_probs"].numpy(), p.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out["observed_prob"].numpy(), obs.exp().numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(out["observed_rank"].numpy(), ((lp > obs[:, None]).sum(-1) + 1).numpy())
+
+
+def test_lens_cell_labels_shrink_with_the_number_of_positions():
+    from analysis.inspection.figures import CELL_CHARS, ROW_CHARS, cell_chars, cell_label
+
+    assert cell_chars(5) == CELL_CHARS  # short prompts: the whole 7 characters
+    for n in (12, 16, 20, 30, 40):
+        assert 2 <= cell_chars(n) <= CELL_CHARS and n * cell_chars(n) <= max(ROW_CHARS, 2 * n)
+    assert cell_label("<start_of_image>", cell_chars(20)) == "<st…"
+    assert cell_label("the", 4) == "the"

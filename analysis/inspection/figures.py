@@ -13,7 +13,13 @@ from analysis.figures.theme import apply_theme
 from analysis.inspection.lens import PromptInspection, check_layer_head, display_token
 
 MAX_CELL_TEXT_TOKENS = 40  # beyond this many positions, top-1 tokens go to hover only
-CELL_CHARS = 7  # cell labels are cut to this many characters ("…"); hover shows the whole token
+CELL_CHARS = 7  # at most this many characters per cell label ("…"); hover shows the whole token
+ROW_CHARS = 84  # label characters that fit across the lens at the app's narrowest layout (1000 px window)
+
+
+def cell_chars(n_positions: int) -> int:
+    """Characters per cell label so labels fit their cells: ~84 across the plot at 1000 px, 2-7 per cell."""
+    return max(2, min(CELL_CHARS, ROW_CHARS // max(1, n_positions)))
 
 
 def cell_label(token: str, width: int = CELL_CHARS) -> str:
@@ -63,7 +69,7 @@ def logit_lens_figure(insp: PromptInspection, metric: str = "prob") -> go.Figure
     show_text = n <= MAX_CELL_TEXT_TOKENS
     fig = go.Figure(go.Heatmap(
         z=z, x=insp.labels[:n], y=list(range(insp.n_layers)), customdata=custom,
-        text=np.vectorize(cell_label, otypes=[object])(top1) if show_text else None,
+        text=np.vectorize(lambda t: cell_label(t, cell_chars(n)), otypes=[object])(top1) if show_text else None,
         texttemplate="%{text}" if show_text else None,
         textfont=dict(size=10 if n <= 20 else 8), colorbar=dict(title=title), **scale,
         hovertemplate=(
