@@ -83,6 +83,7 @@ def _dpo_sections(lm, sizes=DPO_SIZES) -> dict:
 
     from analysis.likelihood import DPOConfig, encode_responses, forward_positions, run_dpo
     from analysis.likelihood.preferences import load_shipped
+    from analysis.likelihood.training import clear_hooks, release_captures
     from analysis.logprobs import pad_right
 
     demo = load_shipped("displacement_demo", lm.tokenizer)
@@ -103,7 +104,9 @@ def _dpo_sections(lm, sizes=DPO_SIZES) -> dict:
         n_x = np.concatenate([enc_c.n_prompt, enc_r.n_prompt])
         n_y = np.concatenate([enc_c.n_response, enc_r.n_response])
         with lm.locked() as model:
+            release_captures(model)
             hf = copy.deepcopy(model.original_model)
+        clear_hooks(hf)  # as run_dpo's copy: independent of the original
         opt = torch.optim.RMSprop(hf.parameters(), lr=1e-7)
         k = len(pairs)
 

@@ -254,3 +254,27 @@ def test_sparse_embedding_only_for_tied_weights():
     hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone())  # untie
     hf.get_input_embeddings().sparse = False
     assert not sparse_input_embedding(hf) and not hf.get_input_embeddings().sparse
+
+
+def _non_leaf_tensors(module):
+    return [f"{name}.{attr}" for name, m in module.named_modules() for attr, v in vars(m).items()
+            if isinstance(v, torch.Tensor) and not v.is_leaf]
+
+
+def test_a_trainable_copy_of_a_bridge_model_leaves_the_original_alone(tiny_bridge_lm):
+    """The bridge wires capture pre-hooks on its first forward, closing over its own attention
+    modules; a deep copy keeps those closures. Unremoved, the copy's training forwards wrote their
+    residuals (autograd graph included) into the ORIGINAL, and the next copy failed to deepcopy."""
+    from analysis.likelihood.dpo import trainable_copy
+
+    lm, _ = tiny_bridge_lm
+    ids, mask = lm.tokenize(["the cat is happy", "the dog"])
+    with torch.inference_mode():
+        lm.model(ids, attention_mask=mask)  # wires the capture hooks on the original
+    for _ in range(2):
+        policy, _fn = trainable_copy(lm)
+        policy(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        assert _non_leaf_tensors(lm.model) == []
+        del policy
+    with torch.inference_mode():  # and the original still runs (its own hooks untouched)
+        lm.model(ids, attention_mask=mask)

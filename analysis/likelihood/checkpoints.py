@@ -207,11 +207,12 @@ def load_checkpoint_into(module: torch.nn.Module, name: str, *, lm=None, strict:
 def checkpoint_model(lm, name: str):
     """A new ``LoadedModel`` with checkpoint ``name``'s weights: a deep copy of ``lm``'s model
     (taken under its lock, hooks cleared), so every analysis can run on the trained model."""
-    from analysis.likelihood.training import clear_hooks
+    from analysis.likelihood.training import clear_hooks, release_captures
     from analysis.models import LoadedModel
 
     get_checkpoint(name)
     with lm.locked() as model:
+        release_captures(model)
         twin = copy.deepcopy(model)
     clear_hooks(twin)
     twin.eval()

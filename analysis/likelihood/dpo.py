@@ -54,7 +54,8 @@ from analysis.likelihood.ches import LogitsFn, _pairs, encode_responses
 from analysis.likelihood.dpo_results import DPOResult, DPORun, _token, gainers_frame
 from analysis.likelihood.dpo_config import OPTIMIZERS, DPOConfig
 from analysis.likelihood.training import (
-    PositionFn, clear_hooks, forward_logprobs, forward_positions, memory_check, sparse_input_embedding,
+    PositionFn, clear_hooks, forward_logprobs, forward_positions, memory_check, release_captures,
+    sparse_input_embedding,
 )
 from analysis.models import LoadedModel
 from analysis.progress import Progress, Stopped, report
@@ -84,6 +85,7 @@ def trainable_copy(lm: LoadedModel) -> tuple[torch.nn.Module, PositionFn]:
     """A deep copy of the trainable module under ``lm`` (taken under its lock) and its position function."""
     with lm.locked() as model:
         source = getattr(model, "original_model", None)
+        release_captures(model)
         policy = copy.deepcopy(source if source is not None else model)
     clear_hooks(policy)
     policy.eval()

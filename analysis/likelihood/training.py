@@ -37,8 +37,30 @@ class DPOMemoryError(RuntimeError):
     """Not enough memory to train a copy of the model; the message says what fits."""
 
 
+# TransformerBridge blocks wire these torch pre-hooks lazily (on their first forward); each closes
+# over a weak proxy of the ORIGINAL block's modules, which a deep copy keeps (functions are not copied).
+BRIDGE_CAPTURE_HOOKS = ("_capture_pre_ln1", "_capture_mlp_in")
+
+
+def release_captures(module: torch.nn.Module) -> None:
+    """Drop the residual a bridge attention keeps between its block's pre-hook and its forward.
+
+    Transient (every block forward clears it), but one left over from a forward run with
+    autograd on is a non-leaf tensor, which ``copy.deepcopy`` refuses, and it holds that graph.
+    """
+    for m in module.modules():
+        if getattr(m, "_captured_pre_ln_residual", None) is not None:
+            m._captured_pre_ln_residual = None
+
+
 def clear_hooks(module: torch.nn.Module) -> None:
-    """Remove every hook from the HookPoints of a deep copy (hooks belong to the original's callers)."""
+    """Make a deep copy of a hooked model independent of the original.
+
+    Removes every hook from its HookPoints (they belong to the original's callers), and
+    the bridge's capture pre-hooks (``BRIDGE_CAPTURE_HOOKS``): copied, they would keep
+    writing the copy's residuals, autograd graph included, into the ORIGINAL's attention
+    modules. The copy's blocks re-wire their own capture hooks on their first forward.
+    """
     from transformer_lens.hook_points import HookPoint
 
     for m in module.modules():
@@ -46,6 +68,13 @@ def clear_hooks(module: torch.nn.Module) -> None:
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
             m._backward_hooks.clear()
+        for key, fn in list(m._forward_pre_hooks.items()):
+            if getattr(fn, "__name__", "") in BRIDGE_CAPTURE_HOOKS:
+                del m._forward_pre_hooks[key]
+        if hasattr(m, "_capture_hooks_wired"):
+            m._capture_hook_handles = []  # the copied handles point at the original's hook dicts
+            m._capture_hooks_wired = False
+    release_captures(module)
 
 
 def sparse_input_embedding(module: torch.nn.Module) -> bool:
