@@ -66,8 +66,9 @@ def render_figure(
     except ExportError as exc:
         missing_browser = str(exc)
 
-    # The callables run after this script run ends: give them their own copy.
-    snapshot = go.Figure(fig)
+    # The export callables run after this script run ends. `fig` is already a private copy
+    # (safe_figure builds a new figure), so nothing else can change it before they run.
+    snapshot = fig
     columns = st.columns(5)
     for column, fmt in zip(columns[:3], FORMATS, strict=True):
         column.download_button(

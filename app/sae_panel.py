@@ -77,15 +77,36 @@ def _show_quality(loaded) -> None:
                f"loss recovered {100 * q['loss_recovered']:.1f}%.")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _codes(_lm, _loaded, model_key: str, sae_key: str, texts: tuple[str, ...]):
+# cache_resource, not cache_data: the codes and cards are read-only, and a rerun then takes the
+# cached object as it is instead of unpickling a copy (~30 ms for the codes of ~900 texts)
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _codes(_lm, _loaded, model_key: str, sae_key: str, corpus_key: str, _texts: tuple[str, ...]):
     from analysis.saes.probes import token_codes
 
-    return token_codes(_lm, _loaded, list(texts))
+    return token_codes(_lm, _loaded, list(_texts))
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _concept_codes(_codes_, model_key: str, sae_key: str, corpus_key: str, concept: str, pooling: str,
+                   _corpus: tuple[str, ...], _pos_texts: tuple[str, ...], _neg_texts: tuple[str, ...]):
+    # One concept's and its background's token codes, sliced out of the corpus codes, and their pooled
+    # codes: the slices copy tens of MB of dense codes, so a display control must not redo them.
+    row = {t: i for i, t in enumerate(_corpus)}
+    pos, neg = _codes_.rows([row[t] for t in _pos_texts]), _codes_.rows([row[t] for t in _neg_texts])
+    return pos, neg, pos.pooled(pooling), neg.pooled(pooling)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _card(_lm, _loaded, _codes_, model_key: str, sae_key: str, corpus_key: str, latent: int, _corpus: tuple[str, ...]):
+    # The latent card (where it fires in the corpus; its decoder row's promoted tokens): computed once
+    # per latent, so another display control does not redo the 262k-wide W_dec·W_U product.
+    from analysis.saes.probes import compute_latent_card
+
+    return compute_latent_card(_lm, _loaded, latent, list(_corpus), codes=_codes_)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _probe(model_key: str, sae_key: str, corpus: tuple[str, ...], concept: str, pooling: str, _pos, _neg):
+def _probe(model_key: str, sae_key: str, corpus_key: str, concept: str, pooling: str, _pos, _neg):
     # The cross-validated probe curve of one concept (keyed by what its codes come from): not refitted
     # on every rerun of the page.
     from analysis.saes.probes import compute_sparse_probe
@@ -99,7 +120,7 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     from analysis.saes.figures import (
         concept_latents_figure, latent_histogram_figure, probe_accuracy_figure, promoted_tokens_figure,
     )
-    from analysis.saes.probes import POOLINGS, compute_concept_latents, compute_latent_card, latent_top_tokens
+    from analysis.saes.probes import POOLINGS, compute_concept_latents, latent_top_tokens
 
     st.subheader("Sparse autoencoder latents")
     loaded, source = _pick_sae(lm, layer, key)
@@ -130,19 +151,21 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     corpus = tuple(dict.fromkeys([t for n in names for t in concepts[n].texts]
                                  + [t for b in dict.fromkeys(concepts[n].background for n in names)
                                     for t in background_texts(b)]))
+    # The corpus by its content hash: Streamlit's own hashing of ~900 strings per cached call cost
+    # ~10 ms each, several times per rerun.
+    corpus_key = hashlib.sha256("\x00".join(corpus).encode()).hexdigest()
     with st.spinner("Encoding texts with the SAE ..."):
-        codes = _codes(lm, loaded, lm.fingerprint, sae_key, corpus)
-    row = {t: i for i, t in enumerate(corpus)}
-    pos_codes = codes.rows([row[t] for t in cs.texts])
-    neg_codes = codes.rows([row[t] for t in neg_texts])
-    data = compute_concept_latents(pos_codes.pooled(pooling), neg_codes.pooled(pooling), concept, pooling)
+        codes = _codes(lm, loaded, lm.fingerprint, sae_key, corpus_key, corpus)
+    pos_codes, neg_codes, pos_pooled, neg_pooled = _concept_codes(codes, lm.fingerprint, sae_key, corpus_key, concept,
+                                                                  pooling, corpus, tuple(cs.texts), neg_texts)
+    data = compute_concept_latents(pos_pooled, neg_pooled, concept, pooling)
     tokens = latent_top_tokens(pos_codes, data.top(top), lambda i: lm.tokenizer.decode([i]))
     config = ConceptLatentsConfig(sae=source, concept=concept, pooling=pooling, top=top).to_dict() if source else None
     recipe = (lambda kind: make_recipe(kind, lm.name, config)) if source else (lambda kind: None)
     render_figure(concept_latents_figure(data, top, tokens), data=data.frame(top, tokens),
                   recipe=recipe("sae_concept_latents"), key=f"{key}-latents", filename=f"sae-latents-{concept}")
     with st.spinner("Cross-validating sparse probes ..."):
-        curve = _probe(lm.fingerprint, sae_key, corpus, concept, pooling, pos_codes, neg_codes)
+        curve = _probe(lm.fingerprint, sae_key, corpus_key, concept, pooling, pos_codes, neg_codes)
     render_figure(probe_accuracy_figure(curve), data=curve.frame(), recipe=recipe("sae_probe_accuracy"),
                   key=f"{key}-probe", filename=f"sae-probe-{concept}")
 
@@ -150,7 +173,7 @@ def render_sae_panel(lm: LoadedModel, concept_names: list[str], layer: int, key:
     latent = int(st.number_input("Latent", 0, loaded.d_sae - 1, int(data.top(1)[0]), key=f"{key}-latent",
                                  help="defaults to the concept's strongest latent"))
     with st.spinner("Finding where the latent fires ..."):
-        card = compute_latent_card(lm, loaded, latent, list(corpus), codes=codes)
+        card = _card(lm, loaded, codes, lm.fingerprint, sae_key, corpus_key, latent, corpus)
     st.caption(f"Corpus: the texts of {', '.join(names)} and the background ({len(corpus)} texts).")
     # Token and value first, in narrow columns: after the text they scrolled out of view at 1000 px.
     st.dataframe(card.top_texts[["token", "max_activation", "text"]], hide_index=True, width="stretch",

@@ -63,6 +63,11 @@ def page(tiny_lm, monkeypatch, tmp_path):
     # Other tests in this process may have computed the same configs on the same tiny model: start empty,
     # so "the first compute runs the model" holds in any order (the activation disk cache is per test).
     st.cache_data.clear()
+    import app.sae_panel
+
+    app.sae_panel._codes.clear()  # the SAE panel's read-only results sit in st.cache_resource
+    app.sae_panel._card.clear()
+    app.sae_panel._concept_codes.clear()
     jobs.clear()
     passes = Passes(tiny_lm)
 
