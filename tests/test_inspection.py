@@ -287,5 +287,5 @@ def test_lens_cell_labels_shrink_with_the_number_of_positions():
     assert cell_chars(5) == CELL_CHARS  # short prompts: the whole 7 characters
     for n in (12, 16, 20, 30, 40):
         assert 2 <= cell_chars(n) <= CELL_CHARS and n * cell_chars(n) <= max(ROW_CHARS, 2 * n)
-    assert cell_label("<start_of_image>", cell_chars(20)) == "<st…"
+    assert cell_label("<start_of_image>", cell_chars(16)) == "<start_of_image>"[: cell_chars(16) - 1] + "…"
     assert cell_label("the", 4) == "the"

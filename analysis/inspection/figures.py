@@ -14,11 +14,11 @@ from analysis.inspection.lens import PromptInspection, check_layer_head, display
 
 MAX_CELL_TEXT_TOKENS = 40  # beyond this many positions, top-1 tokens go to hover only
 CELL_CHARS = 7  # at most this many characters per cell label ("…"); hover shows the whole token
-ROW_CHARS = 84  # label characters that fit across the lens at the app's narrowest layout (1000 px window)
+ROW_CHARS = 64  # label characters that fit across the lens at the app's narrowest layout (1000 px window, 10 px font)
 
 
 def cell_chars(n_positions: int) -> int:
-    """Characters per cell label so labels fit their cells: ~84 across the plot at 1000 px, 2-7 per cell."""
+    """Characters per cell label so labels fit their cells: ~64 across the plot at 1000 px, 2-7 per cell."""
     return max(2, min(CELL_CHARS, ROW_CHARS // max(1, n_positions)))
 
 
