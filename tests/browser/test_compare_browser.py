@@ -69,5 +69,6 @@ def test_compare_base_vs_steered_lens(app_server, page, workspace, tmp_path, scr
     kl = {(int(r["layer"]), int(r["position"])): float(r["kl"]) for r in rows}
     assert max(kl.values()) > 0  # the vector at layer 6 changes the lens after it
     assert all(v == 0 for (layer, _), v in kl.items() if layer < 6)  # and nothing before it
-    # the whole page: a viewport shot scrolled to the figure cut its wrapped title off at the top
-    page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+    # the figure in the middle of the viewport: scrolled to its top edge, its wrapped title was cut off
+    figure.evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.screenshot(path=str(screenshots / "compare.png"))
