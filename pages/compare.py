@@ -14,6 +14,7 @@ from analysis.compare import (
     compare,
     compute_audit,
     compute_drift,
+    short_spec,
 )
 from analysis.compare import figures as F
 from analysis.paths import workspace_root
@@ -31,7 +32,7 @@ def _state_options() -> list[str]:
     """Spec strings the user can pick: base, saved steering vectors, DPO checkpoints."""
     options = ["base"]
     for path in sorted((workspace_root() / "steering").glob("*.safetensors")):
-        options.append(f"steer:{path}@alpha=-1.6")
+        options.append(f"steer:{path.name}@alpha=-1.6")  # a bare name resolves in the workspace's steering folder
     try:
         from analysis.likelihood import list_checkpoints
 
@@ -43,8 +44,11 @@ def _state_options() -> list[str]:
 
 def _pick_state(label: str, key: str, default: int) -> str:
     options = _state_options() + ["custom ..."]
-    c1, c2 = st.columns([1, 2])
-    choice = c1.selectbox(label, options, index=min(default, len(options) - 2), key=f"{key}_choice")
+    # the picker and its spec each on a row of their own: in a third of the width at 1000 px even a
+    # vector's file name was cut off
+    c1 = c2 = st
+    choice = c1.selectbox(label, options, index=min(default, len(options) - 2), key=f"{key}_choice",
+                          format_func=short_spec)
     spec = c2.text_input(f"{label} spec", value=choice if choice != "custom ..." else "base", key=f"{key}_{choice}",
                          help="base · steer:PATH.safetensors@alpha=-1.6[@layers=6] · ckpt:NAME · model:NAME")
     return spec.strip()

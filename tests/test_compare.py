@@ -3,6 +3,8 @@ a planted weight edit found by the concepts comparison, steering without leaks, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import copy
 
 import numpy as np
@@ -314,9 +316,24 @@ def test_module_activations_of_a_bridge_copy_equal_the_shared_models(tiny_bridge
     assert got == pytest.approx(want, abs=1e-5)  # float32, |resid| ~ 1: same weights, same kernels
 
 
-def test_figure_titles_name_a_steering_vector_by_its_file():
+def test_figure_titles_and_state_labels_name_a_steering_vector_by_its_file():
+    from analysis.compare import short_spec
     from analysis.compare.figures import _title
+
+    assert short_spec("steer:/w/steering/v.safetensors@alpha=2") == "steer:v.safetensors@alpha=2"
+    assert short_spec("base") == "base" and short_spec("ckpt:run1") == "ckpt:run1"
 
     assert _title("base", "steer:/tmp/runs/x/vec.safetensors@alpha=-1.6@layers=6") == \
         "B = steer:vec.safetensors@alpha=-1.6@layers=6  vs  A = base"
     assert _title("ckpt:run1", "model:gpt2") == "B = model:gpt2  vs  A = ckpt:run1"
+
+
+def test_a_bare_vector_name_resolves_in_the_workspace(tmp_path, monkeypatch):
+    from analysis.compare.states import vector_path
+
+    monkeypatch.setenv("REPSCOPE_WORKSPACE", str(tmp_path))
+    (tmp_path / "steering").mkdir()
+    (tmp_path / "steering" / "v.safetensors").write_bytes(b"x")
+    assert vector_path("v.safetensors") == tmp_path / "steering" / "v.safetensors"
+    assert vector_path("missing.safetensors") == Path("missing.safetensors")  # explained by check_state
+    assert vector_path(str(tmp_path / "steering" / "v.safetensors")) == tmp_path / "steering" / "v.safetensors"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.compare.states import short_spec
 from analysis.figures.theme import DIVERGING_HEATMAP, QUALITATIVE, apply_theme
 
 
@@ -15,18 +14,8 @@ def _pretty(name: str) -> str:
     return name.replace("_", " ")
 
 
-def _short(spec: str) -> str:
-    """A state as a title shows it: a steering vector by its file name, not its whole path
-    (the full spec stays in the figure's data and recipe)."""
-    kind, sep, rest = str(spec).partition(":")
-    if kind != "steer" or not sep:
-        return str(spec)
-    target, *options = rest.split("@")
-    return "@".join([f"steer:{PurePath(target).name}", *options])
-
-
 def _title(a: str, b: str) -> str:
-    return f"B = {_short(b)}  vs  A = {_short(a)}"
+    return f"B = {short_spec(b)}  vs  A = {short_spec(a)}"
 
 
 def delta_bias_figure(result, a: str, b: str) -> go.Figure:

@@ -23,6 +23,8 @@ to run analyses on. Footguns:
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 import contextlib
 import dataclasses
 import hashlib
@@ -74,6 +76,16 @@ class StateSpec:
         return text
 
 
+def short_spec(spec: str | StateSpec) -> str:
+    """A state as a label shows it: a steering vector by its file name, not its whole path
+    (``steer:/long/path/vec.safetensors@alpha=-1.6`` -> ``steer:vec.safetensors@alpha=-1.6``)."""
+    kind, sep, rest = str(spec).partition(":")
+    if kind != "steer" or not sep:
+        return str(spec)
+    target, *options = rest.split("@")
+    return "@".join([f"steer:{PurePath(target).name}", *options])
+
+
 def parse_state(text: str | StateSpec) -> StateSpec:
     """Parse ``base`` / ``steer:PATH@alpha=A[@layers=L,..]`` / ``ckpt:NAME`` / ``model:NAME``."""
     if isinstance(text, StateSpec):
@@ -103,16 +115,29 @@ def parse_state(text: str | StateSpec) -> StateSpec:
     return StateSpec("steer", target, alpha, layers)
 
 
+def vector_path(target: str) -> Path:
+    """The file of ``steer:TARGET``: a path, or a bare name of a vector saved in the workspace
+    (``workspace_root()/steering``, where the Steering page saves them)."""
+    path = Path(target).expanduser()
+    if not path.is_file() and len(path.parts) == 1:
+        from analysis.paths import workspace_root
+
+        saved = workspace_root() / "steering" / target
+        if saved.is_file():
+            return saved
+    return path
+
+
 def check_state(spec: str | StateSpec) -> StateSpec:
     """Parse and check that the state's file or checkpoint exists, without loading any model."""
     spec = parse_state(spec)
     if spec.kind == "steer":
         from analysis.steering import SteeringVector
 
-        path = Path(spec.target).expanduser()
+        path = vector_path(spec.target)
         if not path.is_file():
-            raise ValueError(f"steering vector {spec.target!r} not found; save one from the Steering page "
-                             "or with `repscope steer --out DIR`")
+            raise ValueError(f"steering vector {spec.target!r} not found (nor in the workspace's steering folder); "
+                             "save one from the Steering page or with `repscope steer --out DIR`")
         SteeringVector.load(path)  # header check: a clear message for a wrong file
     elif spec.kind == "ckpt":
         names = _checkpoint_names()
@@ -138,7 +163,7 @@ def activate(base: LoadedModel, spec: str | StateSpec, *,
     elif spec.kind == "steer":
         from analysis.steering import SteeringVector, apply
 
-        path = Path(spec.target).expanduser()
+        path = vector_path(spec.target)
         vector = SteeringVector.load(path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         view = dataclasses.replace(base, name=f"{base.name}+steer[{digest}]@{spec.alpha:g}@{spec.layers or vector.layers}",
