@@ -108,7 +108,8 @@ except ValueError as err:
 if st.button("Compute bias", type="primary", key="bias_run"):
     state.put("bias_cfg", cfg)
 if state.get("bias_cfg") != cfg:
-    n_texts = sum(min(len(load_concepts()[c]), cfg.max_texts or len(load_concepts()[c])) for c in cfg.concepts)
+    sets = load_concepts()  # once, not twice per concept
+    n_texts = sum(min(len(sets[c]), cfg.max_texts or len(sets[c])) for c in cfg.concepts)
     st.info(f"Press **Compute bias**: {n_texts} concept texts plus the background through {lm.n_layers} layers "
             "(cached on disk afterwards), CAVs, then the bootstrap.")
     st.stop()

@@ -335,8 +335,10 @@ def _selected_logits(lm, ids, mask, sel_r, sel_c, deltas, readout_layer=None):
             return output[sel_r.to(output.device), sel_c.to(output.device)][None]
 
         with lm.lock:
-            handles = [layers[l].register_forward_hook(torch_add(d)) for l, d in deltas.items()]
+            handles = []  # every hook is registered inside the try: none can outlive this block
             try:
+                for l, d in deltas.items():
+                    handles.append(layers[l].register_forward_hook(torch_add(d)))
                 if readout_layer is not None:
                     handles.append(layers[readout_layer].register_forward_hook(capture))
                 handles.append(twin.model.norm.register_forward_hook(select))
