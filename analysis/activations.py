@@ -181,7 +181,8 @@ def extract(
         raise ValueError("no texts given: extract needs at least one text")
     if not hook_names:
         raise ValueError("no hook points given, e.g. ['blocks.3.hook_resid_post']")
-    unknown = [n for n in hook_names if n not in lm.model.hook_dict]
+    known = lm.model.hook_dict  # a property that rebuilds the bridge's aliases: read it once
+    unknown = [n for n in hook_names if n not in known]
     if unknown:
         raise ValueError(f"unknown hook points {unknown[:3]}; e.g. {resid_hook(0)!r} .. {resid_hook(lm.n_layers - 1)!r}")
     texts = list(texts)

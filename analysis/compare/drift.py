@@ -146,7 +146,8 @@ def _hook_paths(lm) -> list[str]:
     """Module path of each layer's resid_post HookPoint inside the module that DPO copies."""
     root = getattr(lm.model, "original_model", None) or lm.model
     names = {id(m): n for n, m in root.named_modules()}
-    return [names[id(lm.model.hook_dict[resid_hook(l)])] for l in range(lm.n_layers)]
+    hooks = lm.model.hook_dict  # a property that rebuilds the bridge's aliases: read it once
+    return [names[id(hooks[resid_hook(l)])] for l in range(lm.n_layers)]
 
 
 class _Done(Exception):

@@ -25,6 +25,8 @@ so the two agree to its tolerance, not to machine precision.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from contextlib import contextmanager
 from typing import Callable
@@ -35,6 +37,7 @@ from jaxtyping import Float
 
 ITERS = [0]  # problem-iterations run (a diagnostic for the bench)
 CPU_CHUNK = 16  # problems per CPU solve: 16 Gram matrices of 200² float64 fit in L2/L3 cache
+_SW_FLOOR = 1e-4  # smallest W½ (relative to the problem's largest) for which u = z / W½ is used
 _STEPS = 2.0 ** -torch.arange(0, 12, dtype=torch.float64)  # backtracking candidates 1, ½, ¼, …
 
 
@@ -75,8 +78,8 @@ def _one_cpu_thread(device: torch.device):
 def _spd_solve(B: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """B⁻¹·rhs for a batch of symmetric positive definite B (B is overwritten; NaN where B is not PD).
 
-    CPU: LAPACK potrf/potrs per matrix through SciPy, which skips the full pass
-    that ``torch.linalg.cholesky_ex`` spends zeroing the upper triangle (on
+    CPU: LAPACK potrf/potrs per matrix (:func:`_lapack`), which skips the full
+    pass that ``torch.linalg.cholesky_ex`` spends zeroing the upper triangle (on
     160×160 blocks that pass costs as much as the factorisation) and releases
     the GIL, so the chunks run on all cores. Other devices: torch, batched.
     """
@@ -84,17 +87,53 @@ def _spd_solve(B: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         L, info = torch.linalg.cholesky_ex(B)
         z = torch.cholesky_solve(rhs, L)
         return torch.where((info != 0)[:, None, None], torch.full_like(z, float("nan")), z)
-    from scipy.linalg import lapack
-
-    Bn, rn = B.numpy(), rhs.contiguous().numpy()
-    out = np.empty_like(rn)
+    potrf, potrs = _lapack()
+    Bn = B.numpy()
+    x = np.ascontiguousarray(rhs.numpy().transpose(0, 2, 1))  # (b, k, n): each k×n block is Fortran's n×k
+    n, k, info = ctypes.c_int(B.shape[1]), ctypes.c_int(x.shape[1]), ctypes.c_int(0)
     for i in range(len(Bn)):
-        c, info = lapack.dpotrf(Bn[i].T, lower=1, clean=0, overwrite_a=1)  # .T: the Fortran view of a symmetric matrix
-        if info:
-            out[i] = np.nan
+        potrf(b"L", n, Bn[i].ctypes.data, n, info)  # a C-order symmetric matrix is its own Fortran view
+        if info.value:
+            x[i] = np.nan
         else:
-            out[i], _ = lapack.dpotrs(c, rn[i], lower=1)
-    return torch.from_numpy(out)
+            potrs(b"L", n, k, Bn[i].ctypes.data, n, x[i].ctypes.data, n, info)
+    return torch.from_numpy(x.transpose(0, 2, 1))
+
+
+@functools.cache
+def _lapack():
+    """SciPy's LAPACK ``dpotrf`` and ``dpotrs`` called through ctypes.
+
+    ``scipy.linalg.lapack``'s f2py wrappers hold the GIL while LAPACK runs, so
+    two worker threads factorised one after the other (measured: 1.1× for two
+    threads); a ctypes call releases it (1.8×). The function pointers come from
+    ``scipy.linalg.cython_lapack``, SciPy's public Cython interface to the same
+    library.
+    """
+    from scipy.linalg import cython_lapack
+
+    name = ctypes.pythonapi.PyCapsule_GetName
+    name.restype, name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    pointer.restype, pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+
+    def fn(routine: str, *args):
+        capsule = cython_lapack.__pyx_capi__[routine]
+        return ctypes.CFUNCTYPE(None, *args)(pointer(capsule, name(capsule)))
+
+    i, p, c = ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_char_p
+    return fn("dpotrf", c, i, p, i, i), fn("dpotrs", c, i, i, p, i, p, i, i)
+
+
+def _solve_back(K, sw, z, rhs):
+    """u = rhs − K·W½·z given B z = W½·rhs (B = I + W½KW½): z / W½ where W½ is not small."""
+    bad = sw <= _SW_FLOOR * sw.amax(-1, keepdim=True)
+    u = z / torch.where(bad, torch.ones_like(sw), sw)[..., None]
+    bi, ri = bad.nonzero(as_tuple=True)
+    if len(bi):
+        szw = sw[..., None] * z
+        u[bi, ri] = rhs[bi, ri] - (K[bi, ri, :, None] * szw[bi]).sum(1)
+    return u
 
 
 def _start(K, ys, s, pos, neg, C, iters: int = 30):
@@ -295,7 +334,10 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
         rhs = torch.stack([-Kr, torch.ones_like(r)], -1)
         z = _spd_solve(B, sw[..., None] * rhs)
         del B
-        u = rhs - Ka_ @ (sw[..., None] * z)
+        # B z = W½ v gives K W½ z = v − z / W½, so u = z / W½ without a product with K; on rows
+        # whose W½ is tiny (near-certain) or zero (weight 0) that division loses precision, and
+        # those rows take their row of K·W½z
+        u = _solve_back(Ka_, sw, z, rhs)
         u1, u2 = u[..., 0], u[..., 1]
         denom = (W * u2).sum(-1)
         db = (-gsum - (W * u1).sum(-1)) / torch.where(denom.abs() > 1e-300, denom, torch.ones_like(denom))
