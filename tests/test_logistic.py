@@ -175,25 +175,3 @@ def test_spd_solve_equals_a_dense_solve_and_marks_a_matrix_that_is_not_positive_
     assert torch.isnan(z[3]).all()
 
 
-def test_back_substitution_without_k_equals_the_product_on_every_row_including_tiny_and_zero_weights():
-    # u = rhs − K·W½·z; the solver takes z / W½ where W½ is not small and K's row elsewhere
-    from analysis.concepts.logistic import _SW_FLOOR, _solve_back, _spd_solve
-
-    rng = np.random.default_rng(6)
-    x = torch.as_tensor(rng.normal(size=(3, 40, 60))) * 5
-    K = x @ x.transpose(1, 2)
-    sw = torch.as_tensor(rng.uniform(0.1, 0.5, size=(3, 40)))
-    sw[0, :5] = 0.0  # weight-0 rows
-    sw[1, 5:9] = 0.5 * _SW_FLOOR * torch.tensor([1e-1, 1e-6, 1e-12, 1.0])  # near-certain rows, below the floor
-    sw[2, 9] = 2 * _SW_FLOOR * sw[2].max()  # just above it: divided
-    rhs = torch.as_tensor(rng.normal(size=(3, 40, 2)))
-    B = K * sw[:, :, None] * sw[:, None, :] + torch.eye(40, dtype=torch.float64)
-    z = _spd_solve(B.clone(), sw[..., None] * rhs)
-    ref = rhs - K @ (sw[..., None] * z)
-    u = _solve_back(K, sw, z, rhs)
-    # both forms carry the solve's rounding, amplified at most by 1/floor on a divided row
-    tol = 1e3 * torch.finfo(torch.float64).eps / _SW_FLOOR * ref.abs().amax()
-    assert (u - ref).abs().max() <= tol
-    # rows below the floor take K's row: the product's own rounding (another summation order) only
-    dot = 40 * torch.finfo(torch.float64).eps * (K.abs() @ (sw[..., None] * z).abs() + rhs.abs())
-    assert ((u - ref)[0, :5].abs() <= dot[0, :5]).all() and ((u - ref)[1, 5:9].abs() <= dot[1, 5:9]).all()

@@ -37,7 +37,6 @@ from jaxtyping import Float
 
 ITERS = [0]  # problem-iterations run (a diagnostic for the bench)
 CPU_CHUNK = 16  # problems per CPU solve: 16 Gram matrices of 200² float64 fit in L2/L3 cache
-_SW_FLOOR = 1e-4  # smallest W½ (relative to the problem's largest) for which u = z / W½ is used
 _STEPS = 2.0 ** -torch.arange(0, 12, dtype=torch.float64)  # backtracking candidates 1, ½, ¼, …
 
 
@@ -75,34 +74,47 @@ def _one_cpu_thread(device: torch.device):
         torch.set_num_threads(old)
 
 
-def _spd_solve(B: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """B⁻¹·rhs for a batch of symmetric positive definite B (B is overwritten; NaN where B is not PD).
+def _cholesky(B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors of a batch of symmetric positive definite ``B`` (overwritten), and which failed.
 
-    CPU: LAPACK potrf/potrs per matrix (:func:`_lapack`), which skips the full
-    pass that ``torch.linalg.cholesky_ex`` spends zeroing the upper triangle (on
-    160×160 blocks that pass costs as much as the factorisation) and releases
+    The factor is ``U`` with B = UᵀU in B's upper triangle (the lower one keeps
+    B's entries). CPU: LAPACK potrf per matrix (:func:`_lapack`), which skips the
+    full pass that ``torch.linalg.cholesky_ex`` spends zeroing the other triangle
+    (on 160×160 blocks that pass costs as much as the factorisation) and releases
     the GIL, so the chunks run on all cores. Other devices: torch, batched.
     """
     if B.device.type != "cpu":
         L, info = torch.linalg.cholesky_ex(B)
-        z = torch.cholesky_solve(rhs, L)
-        return torch.where((info != 0)[:, None, None], torch.full_like(z, float("nan")), z)
-    potrf, potrs = _lapack()
+        return L.mT, info != 0
+    potrf = _lapack()
     Bn = B.numpy()
-    x = np.ascontiguousarray(rhs.numpy().transpose(0, 2, 1))  # (b, k, n): each k×n block is Fortran's n×k
-    n, k, info = ctypes.c_int(B.shape[1]), ctypes.c_int(x.shape[1]), ctypes.c_int(0)
+    n, info = ctypes.c_int(B.shape[1]), ctypes.c_int(0)
+    failed = torch.zeros(len(Bn), dtype=torch.bool)
     for i in range(len(Bn)):
-        potrf(b"L", n, Bn[i].ctypes.data, n, info)  # a C-order symmetric matrix is its own Fortran view
-        if info.value:
-            x[i] = np.nan
-        else:
-            potrs(b"L", n, k, Bn[i].ctypes.data, n, x[i].ctypes.data, n, info)
-    return torch.from_numpy(x.transpose(0, 2, 1))
+        # a C-order symmetric matrix is its own Fortran view, and Fortran's lower factor L is
+        # the upper triangle U = Lᵀ in C order
+        potrf(b"L", n, Bn[i].ctypes.data, n, info)
+        failed[i] = info.value != 0
+    return B, failed
+
+
+def _cho_solve(U: torch.Tensor, failed: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """B⁻¹·rhs from :func:`_cholesky`'s factors (NaN where the factorisation failed).
+
+    Two batched triangular solves (on the CPU 3× faster than potrs on 2 right-hand sides).
+    """
+    z = torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.mT, rhs, upper=False), upper=True)
+    return torch.where(failed[:, None, None], torch.full_like(z, float("nan")), z)
+
+
+def _spd_solve(B: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """B⁻¹·rhs for a batch of symmetric positive definite B (B is overwritten; NaN where B is not PD)."""
+    return _cho_solve(*_cholesky(B), rhs)
 
 
 @functools.cache
 def _lapack():
-    """SciPy's LAPACK ``dpotrf`` and ``dpotrs`` called through ctypes.
+    """SciPy's LAPACK ``dpotrf`` called through ctypes.
 
     ``scipy.linalg.lapack``'s f2py wrappers hold the GIL while LAPACK runs, so
     two worker threads factorised one after the other (measured: 1.1× for two
@@ -122,18 +134,7 @@ def _lapack():
         return ctypes.CFUNCTYPE(None, *args)(pointer(capsule, name(capsule)))
 
     i, p, c = ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_char_p
-    return fn("dpotrf", c, i, p, i, i), fn("dpotrs", c, i, i, p, i, p, i, i)
-
-
-def _solve_back(K, sw, z, rhs):
-    """u = rhs − K·W½·z given B z = W½·rhs (B = I + W½KW½): z / W½ where W½ is not small."""
-    bad = sw <= _SW_FLOOR * sw.amax(-1, keepdim=True)
-    u = z / torch.where(bad, torch.ones_like(sw), sw)[..., None]
-    bi, ri = bad.nonzero(as_tuple=True)
-    if len(bi):
-        szw = sw[..., None] * z
-        u[bi, ri] = rhs[bi, ri] - (K[bi, ri, :, None] * szw[bi]).sum(1)
-    return u
+    return fn("dpotrf", c, i, p, i, i)
 
 
 def _start(K, ys, s, pos, neg, C, iters: int = 30):
@@ -151,7 +152,13 @@ def _start(K, ys, s, pos, neg, C, iters: int = 30):
     lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
     M = M + lam[:, None, None] * torch.eye(K.shape[1], dtype=K.dtype, device=K.device)
     target = live * (ys - (s * ys).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
-    a0 = _spd_solve(M, target[..., None])[..., 0] * live
+    # α = (K + λI)⁻¹ K (K + λI)⁻¹ t: on K's range ≈ K⁺t (eigenvalue σ ≫ λ: σ/(σ+λ)² ≈ 1/σ), on
+    # its null space 0 where (K + λI)⁻¹ t alone has 1/λ (a rank-deficient K: fewer features
+    # than rows, duplicated rows); those huge components leave w unchanged but swamp the
+    # Newton steps' r = α + g in rounding
+    factor = _cholesky(M)
+    a0 = _cho_solve(*factor, target[..., None])
+    a0 = _cho_solve(*factor, live[..., None] * (K @ a0))[..., 0] * live
     u = (K @ a0[..., None])[..., 0]  # scores of the direction
     q = (a0 * u).sum(-1)  # its squared norm
     b = torch.log(pos / neg)
@@ -210,7 +217,7 @@ def _map_chunks(fn: Callable[[slice], object], bsz: int, device: torch.device) -
     if device.type != "cpu" or bsz <= CPU_CHUNK:
         with _one_cpu_thread(device):
             return [fn(slice(0, bsz))]
-    parts = [slice(i, i + CPU_CHUNK) for i in range(0, bsz, CPU_CHUNK)]
+    parts = [slice(i, min(i + CPU_CHUNK, bsz)) for i in range(0, bsz, CPU_CHUNK)]
     from concurrent.futures import ThreadPoolExecutor
 
     with _one_cpu_thread(device), ThreadPoolExecutor(max(1, min(len(parts), os.cpu_count() or 1))) as pool:
@@ -223,31 +230,47 @@ def _solve_blocks(block: Callable[[slice], torch.Tensor], bsz: int, device: torc
 
     On the CPU in chunks small enough to stay in cache (:func:`_map_chunks`),
     each chunk's matrices formed (e.g. gathered from a pool) inside its worker.
+    ``init``: ``(α, b)`` for all problems, or ``init(slice, K)`` giving a chunk's
+    warm start from its matrices, in its worker.
     """
-    y = _as_tensor(y).expand(bsz, -1)
+    y = _as_tensor(y)
+    if bsz == 0:
+        return y.new_zeros(0, y.shape[-1]), y.new_zeros(0)
+    y = y.expand(bsz, -1)
     sw = None if sample_weight is None else _as_tensor(sample_weight).expand(bsz, -1)
 
     def one(sl: slice):
-        part_init = None if init is None else (init[0][sl], init[1][sl])
-        return _newton(block(sl), y[sl], C, None if sw is None else sw[sl], tol, max_iter, part_init)
+        K = block(sl)
+        part_init = None if init is None else init(sl, K) if callable(init) else (init[0][sl], init[1][sl])
+        return _newton(K, y[sl], C, None if sw is None else sw[sl], tol, max_iter, part_init)
 
     out = _map_chunks(one, bsz, device)
     return torch.cat([a for a, _ in out]), torch.cat([b for _, b in out])
 
 
-def _line_search(q0, q1, q2, f, df, ys, s, C, slope) -> torch.Tensor:
+def _line_search(q0, q1, q2, f, df, ys, s, C, slope, obj0=None) -> torch.Tensor:
     """Per problem, the largest step in 1, ½, ¼, … with Armijo decrease of the exact objective.
 
     Along a step the penalty ½‖w + tΔw‖² = ½(q0 + 2t·q1 + t²·q2) and the scores
-    move linearly (f + t·Δf), so every candidate costs O(n), not a matvec.
-    ``slope`` is ∇J·Δ (negative for a descent direction).
+    move linearly (f + t·Δf), so every candidate costs O(n), not a matvec; the
+    full step is tried first (Newton takes it on ~99 % of steps) and the shorter
+    ones only when some problem rejects it. ``slope`` is ∇J·Δ (negative for a
+    descent direction); ``obj0`` the objective at t = 0, if known.
     """
+    if obj0 is None:
+        obj0 = 0.5 * q0 + C * (s * _softplus_neg(ys * f)).sum(-1)
+
+    def accepted(t):  # t: (1, k) candidates -> (b, k) Armijo test
+        quad = 0.5 * (q0[:, None] + 2 * t * q1[:, None] + t**2 * q2[:, None])
+        mt = ys[:, None, :] * (f[:, None, :] + t[..., None] * df[:, None, :])
+        obj = quad + C * (s[:, None, :] * _softplus_neg(mt)).sum(-1)
+        return obj <= obj0[:, None] + 1e-4 * t * slope[:, None]
+
+    full = accepted(torch.ones(1, 1, dtype=f.dtype, device=f.device))[:, 0]
+    if bool(full.all()):
+        return torch.ones_like(q0)
     t = _STEPS.to(f.device)[None, :]
-    obj0 = 0.5 * q0 + C * (s * _softplus_neg(ys * f)).sum(-1)
-    quad = 0.5 * (q0[:, None] + 2 * t * q1[:, None] + t**2 * q2[:, None])
-    mt = ys[:, None, :] * (f[:, None, :] + t[..., None] * df[:, None, :])
-    obj = quad + C * (s[:, None, :] * _softplus_neg(mt)).sum(-1)
-    ok = obj <= obj0[:, None] + 1e-4 * t * slope[:, None]
+    ok = accepted(t)
     last = torch.full_like(q0, len(_STEPS) - 1, dtype=torch.long)
     return t[0][torch.where(ok.any(-1), ok.float().argmax(-1), last)]
 
@@ -334,10 +357,7 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
         rhs = torch.stack([-Kr, torch.ones_like(r)], -1)
         z = _spd_solve(B, sw[..., None] * rhs)
         del B
-        # B z = W½ v gives K W½ z = v − z / W½, so u = z / W½ without a product with K; on rows
-        # whose W½ is tiny (near-certain) or zero (weight 0) that division loses precision, and
-        # those rows take their row of K·W½z
-        u = _solve_back(Ka_, sw, z, rhs)
+        u = rhs - Ka_ @ (sw[..., None] * z)
         u1, u2 = u[..., 0], u[..., 1]
         denom = (W * u2).sum(-1)
         db = (-gsum - (W * u1).sum(-1)) / torch.where(denom.abs() > 1e-300, denom, torch.ones_like(denom))
@@ -355,7 +375,7 @@ def _newton(K, y, C, sample_weight, tol, max_iter, init=None):
         # solve can make the first small while the second is not
         done = (-slope <= tol * obj) & (gnorm <= 1e-4 * g0[act])
         done |= ~torch.isfinite(slope)
-        tt = _line_search(aKa, (a_ * Kda).sum(-1), (da * Kda).sum(-1), f, df, ys_, s_, C, slope)
+        tt = _line_search(aKa, (a_ * Kda).sum(-1), (da * Kda).sum(-1), f, df, ys_, s_, C, slope, obj)
         tt = torch.where(done, torch.zeros_like(tt), tt)
         # Newton converges quadratically: after a FULL step whose predicted decrease is below
         # 0.1·√tol of the objective, the next one is ~tol (it would stop there) — stop after this

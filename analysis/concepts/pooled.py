@@ -14,8 +14,25 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from analysis.concepts.logistic import _as_tensor, _map_chunks, _newton, _solve_blocks, fit_logistic_gram
+from analysis.concepts.logistic import _as_tensor, _map_chunks, _newton, _solve_blocks, _spd_solve, fit_logistic_gram
 from analysis.vectors import unit
+
+
+FOLD_TOL = 1e-8  # Newton tolerance of the fold fits, whose only output is held-out accuracy
+
+
+def _projected_start(K: torch.Tensor, cross: torch.Tensor, alpha: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """α of the training rows' span closest to a full fit's w = Xᵀα: (K + λI)⁻¹ (cross · α).
+
+    ``K``: training rows' Gram matrices, ``cross``: training rows × the full fit's
+    rows, ``live``: 1 on real training rows, 0 on padding (which gets α = 0).
+    λ = 1e-6 of K's mean diagonal, as in :func:`analysis.concepts.logistic._start`.
+    """
+    M = live[:, :, None] * K * live[:, None, :]
+    lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
+    M.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+    target = live * (cross @ alpha[..., None])[..., 0]
+    return _spd_solve(M, target[..., None])[..., 0]
 
 
 def cross_validate_gram(
@@ -50,6 +67,7 @@ def cross_validate_pool(
     C: float,
     *,
     tol: float = 1e-10,
+    fold_tol: float = FOLD_TOL,
     max_iter: int = 100,
     n_full: int | None = None,
 ) -> tuple[Float[torch.Tensor, "h n"], Float[torch.Tensor, " h"], Float[torch.Tensor, "g f"]]:
@@ -62,8 +80,14 @@ def cross_validate_pool(
     folds drawn from it, and each problem's blocks are gathered from it. Returns
     ``(α, b)`` of the first ``n_full`` problems (default all; a null whose vectors
     are never used needs only its folds, ``n_full=0``) and the accuracy per fold
-    of every problem. Folds start cold (:func:`_start`): the full fit's α cut to
-    the training rows is a worse start (measured: 18-46 Newton steps against 8-9).
+    of every problem.
+
+    The folds of a problem with a full fit start from that fit's w projected onto
+    the fold's training rows (:func:`_projected_start`: 5 Newton steps on
+    Gemma-3-270M CAVs against 8 from :func:`_start`; the full fit's α merely cut
+    to the training rows took 18-46). The others start cold. Folds only give
+    held-out accuracies, so they stop at ``fold_tol``: after the last full Newton
+    step the objective is then within ~1e-10 of its optimum and w within ~1e-5.
     """
     g, n = rows.shape
     dev = G.device
@@ -97,8 +121,19 @@ def cross_validate_pool(
     w_tr = tr_live.expand(g, nf, n_tr).reshape(g * nf, n_tr)
     if not C > 0:
         raise ValueError(f"C={C}: the inverse regularisation strength must be positive")
-    a_f, b_f = _solve_blocks(lambda sl: G[pf[sl, None, None], rf[sl, :, None], rf[sl, None, :]].double(), g * nf, dev,
-                             y_tr, C, w_tr, tol, max_iter)
+    def block(sl: slice) -> torch.Tensor:
+        return G[pf[sl, None, None], rf[sl, :, None], rf[sl, None, :]].double()
+
+    def warm(sl: slice, K: torch.Tensor):  # fold problems sl of the first h problems
+        i = torch.arange(sl.start, sl.stop, device=dev) // nf  # their problem
+        cross = G[pf[sl, None, None], rf[sl, :, None], rows[i, None, :]].double()  # training rows × all rows
+        return _projected_start(K, cross, alpha[i], w_tr[sl]), b[i]
+
+    warm_part = _solve_blocks(block, h * nf, dev, y_tr[: h * nf], C, w_tr[: h * nf], fold_tol, max_iter, warm)
+    shift = slice(h * nf, g * nf)
+    cold_part = _solve_blocks(lambda sl: block(slice(sl.start + h * nf, sl.stop + h * nf)), (g - h) * nf, dev,
+                              y_tr[shift], C, w_tr[shift], fold_tol, max_iter)
+    a_f, b_f = (torch.cat(parts) for parts in zip(warm_part, cold_part))
     re = r_te.reshape(g * nf, n_te)
     af = a_f * w_tr
 
