@@ -78,6 +78,51 @@ def target_logprobs(logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def unembedding(model):
+    """``(W (vocab, d_model) view, bias (vocab,) or None, softcap or None)`` of the model's unembed."""
+    hf = getattr(model, "original_model", None)
+    if hf is not None:
+        head = hf.get_output_embeddings()
+        W, bias = head.weight, getattr(head, "bias", None)
+    else:
+        W, bias = model.W_U.T, getattr(model, "b_U", None)
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return W.detach(), None if bias is None else bias.detach(), (float(cap) if cap and cap > 0 else None)
+
+
+UNEMBED_CHUNK = 8192  # vocabulary columns per chunk of :func:`unembed_target_logprobs`
+
+
+def unembed_target_logprobs(
+    h: Float[Tensor, "n d"], W: Float[Tensor, "vocab d"], targets: Int[Tensor, " n"], *,
+    bias: Tensor | None = None, softcap: float | None = None, chunk: int = UNEMBED_CHUNK,
+) -> Float[Tensor, " n"]:
+    """log p(target) under softmax(softcap(h·Wᵀ + bias)), unembedding in vocabulary chunks.
+
+    The (n × vocab) logits never exist: each chunk's logsumexp is folded into a
+    running one while the chunk is still in cache, which on a 262,144-token
+    vocabulary is what a full-vocabulary ``torch.logsumexp`` over logits in
+    memory spends most of its time reading. Same numbers as
+    :func:`target_logprobs` on the full logits (float32; float64 stays float64), up to rounding.
+    """
+    dt = torch.float64 if h.dtype == torch.float64 else torch.float32  # as target_logprobs
+    h = h.to(dt)
+    picked = (h * W[targets].to(dt)).sum(-1)
+    if bias is not None:
+        picked = picked + bias[targets].to(dt)
+    if softcap:
+        picked = softcap * torch.tanh(picked / softcap)
+    lse = torch.full((h.shape[0],), -torch.inf, dtype=dt, device=h.device)
+    for v0 in range(0, W.shape[0], chunk):
+        z = h @ W[v0: v0 + chunk].to(dt).T
+        if bias is not None:
+            z += bias[v0: v0 + chunk].to(dt)
+        if softcap:
+            z = softcap * torch.tanh(z / softcap)
+        lse = torch.logaddexp(lse, z[:, 0] - torch.log_softmax(z, dim=-1)[:, 0])  # log_softmax: a fast CPU kernel
+    return picked - lse
+
+
 def next_token_logprobs(logits: Float[Tensor, "b p vocab"], ids: Int[Tensor, "b p"]) -> Float[Tensor, "b p-1"]:
     """log p(ids[:, t+1] | ids[:, :t+1]) for t = 0 .. p-2."""
     return target_logprobs(logits[:, :-1], ids[:, 1:])

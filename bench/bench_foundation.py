@@ -127,7 +127,8 @@ PROMPT = "The old lighthouse keeper climbed the stairs every evening to light th
 def live_inspection(lm) -> dict:
     """First figure (forward: norms, attention, next token), all four (+ fused lens), and the lens
     against the fp32 matmul roofline of the same shape (rows × d_model × vocab), measured here."""
-    from analysis.inspection.lens import _logit_lens, _unembedding, add_lens, inspect_prompt
+    from analysis.inspection.lens import _logit_lens, add_lens, inspect_prompt
+    from analysis.logprobs import unembedding
 
     n = len(lm.tokenizer(PROMPT)["input_ids"])
     t_first = median_time(lambda: inspect_prompt(lm, PROMPT, lens=False), reps=5)
@@ -135,7 +136,7 @@ def live_inspection(lm) -> dict:
     base = inspect_prompt(lm, PROMPT, lens=False)
     t_lens = median_time(lambda: add_lens(lm, base), reps=5)
     model = lm.model
-    W, _, _ = _unembedding(model)
+    W, _, _ = unembedding(model)
     rows = lm.n_layers * n
     h = torch.randn(rows, W.shape[1], device=W.device)
     t_mm = median_time(lambda: h @ W.T, reps=5)

@@ -289,3 +289,24 @@ def test_lens_cell_labels_shrink_with_the_number_of_positions():
         assert 2 <= cell_chars(n) <= CELL_CHARS and n * cell_chars(n) <= max(ROW_CHARS, 2 * n)
     assert cell_label("<start_of_image>", cell_chars(16)) == "<start_of_image>"[: cell_chars(16) - 1] + "…"
     assert cell_label("the", 4) == "the"
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_unembedding_log_probs_equal_the_full_log_softmax_in_float64(softcap):
+    """The steering scorer's chunked log p(target) (running logsumexp over vocabulary chunks) = log_softmax."""
+    from analysis.logprobs import target_logprobs, unembed_target_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    h, W = torch.randn(9, 6, generator=g, dtype=torch.float64) * 4, torch.randn(61, 6, generator=g, dtype=torch.float64)
+    bias = torch.randn(61, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 60, 7, 8, 55, 56, 3, 3, 31])  # first and last column, both sides of chunk edges
+    z = h @ W.T + bias
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    ref = torch.log_softmax(z, -1).gather(-1, t[:, None])[:, 0]
+    got = unembed_target_logprobs(h, W, t, bias=bias, softcap=softcap, chunk=8)  # 8 chunks, the last partial
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), target_logprobs(z, t).numpy(), rtol=1e-12, atol=1e-12)
+    empty = unembed_target_logprobs(h[:0], W, t[:0], chunk=8)
+    assert empty.shape == (0,)

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 
 from analysis.activations import resid_hook, run_blocks
-from analysis.logprobs import per_text_nll
+from analysis.logprobs import per_text_nll, unembedding
 from analysis.models import LoadedModel
 from analysis.recipes import check_config_keys
 
@@ -242,22 +242,10 @@ def lens_log_probs(model, resid: Float[torch.Tensor, "... d_model"]) -> Float[to
     shape = resid.shape
     flat = resid.reshape(1, -1, shape[-1])
     logits = model.unembed(model.ln_final(flat)).float()
-    cap = _unembedding(model)[2]
+    cap = unembedding(model)[2]
     if cap:
         logits = cap * torch.tanh(logits / cap)
     return torch.log_softmax(logits, dim=-1).reshape(*shape[:-1], -1)
-
-
-def _unembedding(model):
-    """``(W (vocab, d_model) view, bias (vocab,) or None, softcap or None)`` of the model's unembed."""
-    hf = getattr(model, "original_model", None)
-    if hf is not None:
-        head = hf.get_output_embeddings()
-        W, bias = head.weight, getattr(head, "bias", None)
-    else:
-        W, bias = model.W_U.T, getattr(model, "b_U", None)
-    cap = getattr(model.cfg, "output_logits_soft_cap", None)
-    return W.detach(), None if bias is None else bias.detach(), (float(cap) if cap and cap > 0 else None)
 
 
 def fused_lens(
@@ -323,7 +311,7 @@ def _logit_lens(model, resid: torch.Tensor, ids: torch.Tensor, top_k: int) -> di
     # Observed next token per row; the last position has none (a placeholder, dropped below).
     nxt = torch.cat([ids[1:], ids[:1]])[positions]
     h = model.ln_final(rows[None])[0]
-    W, bias, cap = _unembedding(model)
+    W, bias, cap = unembedding(model)
     out = fused_lens(h, W, nxt, top_k, bias=bias, softcap=cap)
     shape = (n_layers, n_tok)
     return {

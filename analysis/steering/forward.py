@@ -26,9 +26,13 @@ How it is fast without changing what is computed:
   strengths share a pass;
 * a hook on ``ln_final.hook_normalized`` keeps only the wanted positions, so
   the unembedding (262k wide on Gemma) runs on a few hundred rows instead of
-  every padded position. Footgun: the hook changes that tensor's shape to
-  ``(1, N, d)``; the model's remaining ops (norm weight, unembed) are
-  position-wise, which is what makes this exact.
+  every padded position; only rows whose whole next-token distribution is
+  needed (KL, kept log-probs) go on to the LM head, the others' target
+  log-probs are unembedded in vocabulary chunks with a running logsumexp
+  (:func:`analysis.logprobs.unembed_target_logprobs`: no (positions × vocab)
+  logits in memory; 1.5 s of the page's 24 s α sweep). Footgun: the hook
+  changes that tensor's shape to ``(1, N, d)``; the model's remaining ops
+  (norm weight, unembed) are position-wise, which is what makes this exact.
 
 Rows never attend to each other (causal attention, right padding), so a row's
 numbers do not depend on its pass-mates except through float32 rounding of
@@ -46,7 +50,7 @@ import torch
 from jaxtyping import Float
 
 from analysis.activations import resid_hook
-from analysis.logprobs import encode, pad_right, target_logprobs
+from analysis.logprobs import encode, pad_right, target_logprobs, unembed_target_logprobs, unembedding
 from analysis.models import LoadedModel
 
 FINAL_NORM = "ln_final.hook_normalized"
@@ -223,9 +227,17 @@ def _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kep
     n2 = 2 * batch.n_pairs
     ids, mask = pad_right([batch.ids[r] for _, r in chunk], _pad_id(lm), lm.device)
     pos = [_positions(batch, r) for _, r in chunk]
-    sel_r = torch.as_tensor(np.concatenate([np.full(len(p), j) for j, p in enumerate(pos)]), device=lm.device)
-    sel_c = torch.as_tensor(np.concatenate(pos), device=lm.device)
-    targets = ids[sel_r, sel_c + 1]
+    # rows whose full next-token distributions are needed (KL, kept log-probs) get (positions, vocab)
+    # logits; every other row only its targets' log-probs, unembedded in vocabulary chunks
+    full = [r >= n2 and (cells[k].kl or cells[k].keep_logp) for k, r in chunk]
+
+    def selection(which: bool):
+        js = [j for j in range(len(chunk)) if full[j] == which]
+        r_ = np.concatenate([np.full(len(pos[j]), j) for j in js]) if js else np.zeros(0, np.int64)
+        c_ = np.concatenate([pos[j] for j in js]) if js else np.zeros(0, np.int64)
+        return torch.as_tensor(r_, device=lm.device), torch.as_tensor(c_, device=lm.device)
+
+    (full_r, full_c), (part_r, part_c) = selection(True), selection(False)
     layers = sorted({int(l) for k, _ in chunk for l in cells[k].deltas})
     deltas = {}
     for l in layers:
@@ -235,24 +247,24 @@ def _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kep
                 d[j] = torch.as_tensor(cells[k].deltas[l], dtype=lm.dtype, device=lm.device)
         deltas[l] = d[:, None, :]
     want_readout = [j for j, (k, r) in enumerate(chunk) if cells[k].readout and r >= n2]
-    logits, last_resid = _selected_logits(lm, ids, mask, sel_r, sel_c, deltas,
-                                          readout_layer if want_readout else None)
-    lp_t = target_logprobs(logits, targets)
-    offset = 0
+    logits, lp_part, last_resid = _selected_logits(lm, ids, mask, (full_r, full_c), (part_r, part_c), deltas,
+                                                   readout_layer if want_readout else None)
+    lp_full = target_logprobs(logits, ids[full_r, full_c + 1])
+    offsets = {True: 0, False: 0}
     for j, (k, r) in enumerate(chunk):
-        m = len(pos[j])
-        row_lp[k, r] = lp_t[offset:offset + m]
+        m, o = len(pos[j]), offsets[full[j]]
+        offsets[full[j]] += m
+        row_lp[k, r] = (lp_full if full[j] else lp_part)[o:o + m]
         c = cells[k]
-        if r >= n2 and (c.kl or c.keep_logp):
-            full = torch.log_softmax(logits[offset:offset + m].float(), -1)
+        if full[j]:
+            lp = torch.log_softmax(logits[o:o + m].float(), -1)
             if c.keep_logp:
-                kept[k, r] = full
+                kept[k, r] = lp
             if c.kl:
                 p = base_logp[r - n2]
-                kl[k, r] = float((p.exp() * (p - full)).sum(-1).double().mean())
+                kl[k, r] = float((p.exp() * (p - lp)).sum(-1).double().mean())
         if j in want_readout:
             readout[k, r] = last_resid[j].float().cpu().numpy()
-        offset += m
 
 
 def score_batch(
@@ -311,18 +323,31 @@ def _twin_for(lm):
     return twin if hasattr(inner, "layers") and hasattr(inner, "norm") else None
 
 
-def _selected_logits(lm, ids, mask, sel_r, sel_c, deltas, readout_layer=None):
-    """Logits ``(N, vocab)`` at (sel_r[i], sel_c[i]) with ``deltas[l]`` added to resid_post[l], and
+def _selected_logits(lm, ids, mask, full, part, deltas, readout_layer=None):
+    """With ``deltas[l]`` added to resid_post[l]: the logits ``(N, vocab)`` at the positions ``full``
+    (row indices, column indices), the log-probs of the next tokens at the positions ``part``, and
     resid_post[readout_layer] at each row's last real token (None when not asked).
 
     On the bridge backend the pass runs on the plain HF twin (same tensors, HF's own forward; the
     bridge's per-module wrappers compute every RMSNorm twice, ~1.5x slower here), with torch hooks:
     an adder on each steered decoder layer, a capture at the read-out layer and a position selection
-    on the final norm's output, so the LM head (and any logit soft-capping) runs on N rows only.
-    Otherwise TransformerLens hooks do the same on ``lm.model``.
+    on the final norm's output, so the LM head (and any logit soft-capping) runs on the ``full``
+    rows only and the ``part`` rows are unembedded in vocabulary chunks
+    (:func:`analysis.logprobs.unembed_target_logprobs`). Otherwise TransformerLens hooks do the same
+    on ``lm.model``.
     """
     last = mask.sum(1) - 1
+    targets = ids[part[0], part[1] + 1]
     captured = {}
+
+    def keep(h):  # the final norm's output: the full rows go on to the LM head, the part rows aside
+        captured["part"] = h[part[0].to(h.device), part[1].to(h.device)]
+        return h[full[0].to(h.device), full[1].to(h.device)][None]
+
+    def part_logprobs():
+        W, bias, cap = unembedding(lm.model)
+        return unembed_target_logprobs(captured["part"], W, targets.to(W.device), bias=bias, softcap=cap)
+
     twin = _twin_for(lm)
     if twin is not None:
         layers = twin.model.layers
@@ -331,9 +356,6 @@ def _selected_logits(lm, ids, mask, sel_r, sel_c, deltas, readout_layer=None):
             x = output[0] if isinstance(output, tuple) else output
             captured["r"] = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)].detach()
 
-        def select(module, args, output):
-            return output[sel_r.to(output.device), sel_c.to(output.device)][None]
-
         with lm.lock:
             handles = []  # every hook is registered inside the try: none can outlive this block
             try:
@@ -341,19 +363,19 @@ def _selected_logits(lm, ids, mask, sel_r, sel_c, deltas, readout_layer=None):
                     handles.append(layers[l].register_forward_hook(torch_add(d)))
                 if readout_layer is not None:
                     handles.append(layers[readout_layer].register_forward_hook(capture))
-                handles.append(twin.model.norm.register_forward_hook(select))
+                handles.append(twin.model.norm.register_forward_hook(lambda module, args, output: keep(output)))
                 logits = twin(input_ids=ids, attention_mask=mask, use_cache=False).logits[0]
+                return logits, part_logprobs(), captured.get("r")
             finally:
                 for h in handles:
                     h.remove()
-        return logits, captured.get("r")
     hooks = [(resid_hook(l), _adder(d)) for l, d in deltas.items()]
     if readout_layer is not None:
         hooks.append((resid_hook(readout_layer),
                       lambda x, hook: captured.__setitem__("r", x[torch.arange(x.shape[0]), last].detach())))
     if FINAL_NORM in lm.model.hook_dict:
-        keep = (FINAL_NORM, lambda h, hook: h[sel_r, sel_c][None])
-        with lm.hooked(hooks + [keep]) as model:
-            return model(ids, attention_mask=mask)[0], captured.get("r")
+        with lm.hooked(hooks + [(FINAL_NORM, lambda h, hook: keep(h))]) as model:
+            return model(ids, attention_mask=mask)[0], part_logprobs(), captured.get("r")
     with lm.hooked(hooks) as model:
-        return model(ids, attention_mask=mask)[sel_r, sel_c], captured.get("r")
+        out = model(ids, attention_mask=mask)
+    return out[full], target_logprobs(out[part], targets), captured.get("r")
