@@ -96,6 +96,7 @@ UNEMBED_CHUNK = 8192  # vocabulary columns per chunk of :func:`unembed_target_lo
 def unembed_target_logprobs(
     h: Float[Tensor, "n d"], W: Float[Tensor, "vocab d"], targets: Int[Tensor, " n"], *,
     bias: Tensor | None = None, softcap: float | None = None, chunk: int = UNEMBED_CHUNK,
+    index: Int[Tensor, " n"] | None = None,
 ) -> Float[Tensor, " n"]:
     """log p(target) under softmax(softcap(h·Wᵀ + bias)), unembedding in vocabulary chunks.
 
@@ -104,10 +105,13 @@ def unembed_target_logprobs(
     vocabulary is what a full-vocabulary ``torch.logsumexp`` over logits in
     memory spends most of its time reading. Same numbers as
     :func:`target_logprobs` on the full logits (float32; float64 stays float64), up to rounding.
+    ``index``: the row of ``h`` each target is scored at (default: target i at row i), so a row
+    scored for several targets is unembedded once.
     """
     dt = torch.float64 if h.dtype == torch.float64 else torch.float32  # as target_logprobs
     h = h.to(dt)
-    picked = (h * W[targets].to(dt)).sum(-1)
+    index = torch.arange(len(targets), device=h.device) if index is None else index
+    picked = (h[index] * W[targets].to(dt)).sum(-1)
     if bias is not None:
         picked = picked + bias[targets].to(dt)
     if softcap:
@@ -120,7 +124,7 @@ def unembed_target_logprobs(
         if softcap:
             z = softcap * torch.tanh(z / softcap)
         lse = torch.logaddexp(lse, z[:, 0] - torch.log_softmax(z, dim=-1)[:, 0])  # log_softmax: a fast CPU kernel
-    return picked - lse
+    return picked - lse[index]
 
 
 def next_token_logprobs(logits: Float[Tensor, "b p vocab"], ids: Int[Tensor, "b p"]) -> Float[Tensor, "b p-1"]:

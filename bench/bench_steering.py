@@ -12,7 +12,8 @@ Pipeline timing (issue 12/16 targets, 2 CPU cores, each as a ratio against a bas
 * ``page_sweep``: ``compute_alpha_sweep`` as the Steering page calls it (α −2..2, 16 background texts,
   4 random directions, no CAV probe). Target ≤ 20 s.
 * Baseline: a plain ``AutoModelForCausalLM`` forward (full logits, no hooks) over *exactly the token batches*
-  the stage ran, recorded by wrapping the scoring pass (``analysis.steering.forward._selected_logits``) and the
+  the stage ran (packed rows with their 4D masks and position ids, :mod:`analysis.steering.packing`, or padded
+  rows), recorded by wrapping the scoring pass (``analysis.steering.forward._selected_logits``) and the
   activation pass (``analysis.activations.run_blocks``), timed right after the stage. ``ratio`` = stage /
   baseline: 1.0 means the stage costs what its forward passes cost in plain transformers.
 
@@ -56,12 +57,13 @@ def recording_forwards():
     recorded: list = []
     inner_sel, inner_run = forward._selected_logits, activations.run_blocks
 
-    def sel(lm_, ids, mask, *rest):
-        recorded.append((ids.clone(), mask.clone()))
-        return inner_sel(lm_, ids, mask, *rest)
+    def sel(lm_, ids, inputs, *rest):  # a scoring pass: packed rows (4D masks, position ids) or padded rows
+        real = int((ids != forward._pad_id(lm_)).sum()) if "position_ids" in inputs else int(inputs["attention_mask"].sum())
+        recorded.append((ids.clone(), dict(inputs), real))
+        return inner_sel(lm_, ids, inputs, *rest)
 
     def run(lm_, ids, mask, hook_names):
-        recorded.append((ids.clone(), mask.clone()))
+        recorded.append((ids.clone(), {"attention_mask": mask.clone()}, int(mask.sum())))
         return inner_run(lm_, ids, mask, hook_names)
 
     forward._selected_logits, activations.run_blocks = sel, run
@@ -74,8 +76,8 @@ def recording_forwards():
 def _plain_forward_seconds(hf, batches) -> float:
     start = time.perf_counter()
     with torch.inference_mode():
-        for ids, mask in batches:
-            hf(input_ids=ids, attention_mask=mask)
+        for ids, inputs, _ in batches:
+            hf(input_ids=ids, **inputs)
     return time.perf_counter() - start
 
 
@@ -89,8 +91,8 @@ def _stage(hf, fn, target: float) -> tuple[dict, object]:
     return {
         "seconds": round(seconds, 2), "baseline_seconds": round(base, 2), "ratio": round(seconds / base, 3),
         "target_seconds": target, "passes": len(batches),
-        "tokens": int(sum(int(m.sum()) for _, m in batches)),
-        "padded_tokens": int(sum(m.numel() for _, m in batches)),
+        "tokens": int(sum(real for _, _, real in batches)),
+        "padded_tokens": int(sum(ids.numel() for ids, _, _ in batches)),
         "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
     }, result
 

@@ -369,3 +369,48 @@ def test_budget_score_ignores_cells_past_the_first_over_budget_one_when_cost_ris
             cut_gain[i, over[0] + 1:] = np.nan
             cut_cost[i, over[0] + 1:] = np.nan
     np.testing.assert_allclose(layer_scores(cut_gain, cut_cost, cfg), layer_scores(gain, cost, cfg), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_bridge64(tiny_bridge_lm):
+    """The tiny random Gemma-3 (sliding window 4) loaded again in float64, for exact comparisons."""
+    from analysis.models import load_model
+
+    lm = load_model(tiny_bridge_lm[0].name)  # its folder: a second, separate copy
+    lm.model.to(torch.float64)
+    return lm
+
+
+def test_packed_pair_trees_score_as_one_row_per_text(tiny_bridge64, monkeypatch):
+    """The twin's packed passes (a pair's prompt once, both completions after it, texts end to end with
+    block masks, position ids and the sliding window of 4) equal one right-padded row per text on the
+    same twin. Float64 weights, but HF's eager attention takes its softmax in float32 (eps 1.2e-7), on
+    rows of different widths: 1e-6 relative on sums of <= 6 log-probs of size ~log(vocab)."""
+    from analysis.steering import forward, packing
+
+    lm = tiny_bridge64
+    assert lm.dtype == torch.float64 and forward._twin_for(lm) is not None
+    pairs = (Pair("the food was", " good", " bad"), Pair("the dog went to", " paris .", " a man"),
+             Pair("a man went", " to the food", " ."))
+    batch = prepare_batch(lm, pairs, BACKGROUND)
+    base = score_batch(lm, batch, keep_logp=True)
+    cells = _mixed_cells(lm, batch, np.random.default_rng(5))
+    items = [(k, r) for k, c in enumerate(cells) for r in (range(batch.n_rows) if c.rows is None else c.rows)]
+    segs = packing.segments(batch, cells, items, forward._positions)
+    assert sum(s.branch < len(s) for s in segs) == 4 * 3  # the four cells that score every pair: a tree per pair
+    assert sum(len(s) for s in segs) < sum(len(batch.ids[r]) for _, r in items)  # each prompt once
+    shapes = []
+    inner = forward._selected_logits
+    monkeypatch.setattr(forward, "_selected_logits", lambda *a: shapes.append(tuple(a[1].shape)) or inner(*a))
+    packed = forward.score_cells(lm, batch, cells, base_logp=base.bg_logp, readout_layer=2)
+    n_packed = sum(a * b for a, b in shapes)
+    shapes.clear()
+    monkeypatch.setattr(forward, "PACK", False)
+    rows_base = score_batch(lm, batch, keep_logp=True)
+    rows = forward.score_cells(lm, batch, cells, base_logp=rows_base.bg_logp, readout_layer=2)
+    assert n_packed < sum(a * b for a, b in shapes)  # fewer (padded) tokens through the model
+    _check_same(packed, rows, 1e-6)
+    monkeypatch.setattr(forward, "PACK", True)
+    monkeypatch.setattr(packing, "ROW_TOKENS", 1)  # every segment in a row of its own
+    _check_same(forward.score_cells(lm, batch, cells, base_logp=base.bg_logp, readout_layer=2), rows, 1e-6)
+    lm.assert_clean()

@@ -52,6 +52,7 @@ from jaxtyping import Float
 from analysis.activations import resid_hook
 from analysis.logprobs import encode, pad_right, target_logprobs, unembed_target_logprobs, unembedding
 from analysis.models import LoadedModel
+from analysis.steering import packing
 
 FINAL_NORM = "ln_final.hook_normalized"
 # One pass: at most this many padded tokens and unembedded positions. The positions bound the
@@ -62,6 +63,7 @@ PASS_POSITIONS = 384
 MIN_PASS_TOKENS = 256
 PAD_WASTE = 0.125
 USE_TWIN = True  # bridge backend: run scoring passes on the plain HF twin (see _selected_logits)
+PACK = True  # on the twin: pair trees, texts packed end to end (analysis.steering.packing)
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,13 @@ def score_cells(
         readout: dict[tuple[int, int], np.ndarray] = {}
         items = [(k, r) for k in group for r in (range(batch.n_rows) if cells[k].rows is None
                                                  else sorted(set(int(x) for x in cells[k].rows)))]
-        for chunk in _passes(batch, items):
-            _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kept, readout)
+        twin = _twin_for(lm)
+        if twin is not None and PACK:
+            for rows in packing.passes(packing.segments(batch, cells, items, _positions), PASS_TOKENS, PASS_POSITIONS):
+                _packed_pass(lm, twin, batch, cells, rows, base_logp, readout_layer, row_lp, kl, kept, readout)
+        else:
+            for chunk in _passes(batch, items):
+                _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kept, readout)
         for k in group:
             c = cells[k]
             gap = np.full(n, np.nan)
@@ -224,20 +231,10 @@ def score_cells(
 
 
 def _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kept, readout) -> None:
+    """One right-padded row per (cell, row) item (the TransformerLens path)."""
     n2 = 2 * batch.n_pairs
     ids, mask = pad_right([batch.ids[r] for _, r in chunk], _pad_id(lm), lm.device)
-    pos = [_positions(batch, r) for _, r in chunk]
-    # rows whose full next-token distributions are needed (KL, kept log-probs) get (positions, vocab)
-    # logits; every other row only its targets' log-probs, unembedded in vocabulary chunks
-    full = [r >= n2 and (cells[k].kl or cells[k].keep_logp) for k, r in chunk]
-
-    def selection(which: bool):
-        js = [j for j in range(len(chunk)) if full[j] == which]
-        r_ = np.concatenate([np.full(len(pos[j]), j) for j in js]) if js else np.zeros(0, np.int64)
-        c_ = np.concatenate([pos[j] for j in js]) if js else np.zeros(0, np.int64)
-        return torch.as_tensor(r_, device=lm.device), torch.as_tensor(c_, device=lm.device)
-
-    (full_r, full_c), (part_r, part_c) = selection(True), selection(False)
+    scored = [(j, k, r, _positions(batch, r)) for j, (k, r) in enumerate(chunk)]
     layers = sorted({int(l) for k, _ in chunk for l in cells[k].deltas})
     deltas = {}
     for l in layers:
@@ -246,25 +243,71 @@ def _one_pass(lm, batch, cells, chunk, base_logp, readout_layer, row_lp, kl, kep
             if l in cells[k].deltas:
                 d[j] = torch.as_tensor(cells[k].deltas[l], dtype=lm.dtype, device=lm.device)
         deltas[l] = d[:, None, :]
-    want_readout = [j for j, (k, r) in enumerate(chunk) if cells[k].readout and r >= n2]
-    logits, lp_part, last_resid = _selected_logits(lm, ids, mask, (full_r, full_c), (part_r, part_c), deltas,
-                                                   readout_layer if want_readout else None)
-    lp_full = target_logprobs(logits, ids[full_r, full_c + 1])
+    want = [j for j, (k, r) in enumerate(chunk) if cells[k].readout and r >= n2]
+    last = mask.sum(1) - 1
+    at = (readout_layer, torch.as_tensor(want, dtype=torch.long), last[want]) if want else None
+    full = [r >= n2 and (cells[k].kl or cells[k].keep_logp) for k, r in chunk]
+    scored = [(k, r, j, p, np.asarray(batch.ids[r])[p + 1], full[j]) for j, k, r, p in scored]
+    read = _score(lm, ids, {"attention_mask": mask}, scored, cells, deltas, at, base_logp, n2, row_lp, kl, kept)
+    for i, j in enumerate(want):
+        k, r = chunk[j]
+        readout[k, r] = read[i].float().cpu().numpy()
+
+
+def _packed_pass(lm, twin, batch, cells, rows, base_logp, readout_layer, row_lp, kl, kept, readout) -> None:
+    """One pass of packed rows of segments (:mod:`analysis.steering.packing`, the HF twin's path)."""
+    n2 = 2 * batch.n_pairs
+    types = set(getattr(twin.config, "layer_types", None) or ())
+    window = getattr(twin.config, "sliding_window", None) if "sliding_attention" in types else None
+    pp = packing.build(rows, _pad_id(lm), window, lm.dtype, lm.device)
+    mask = pp.masks if types else pp.masks["full_attention"]  # models with layer types take one mask per type
+    scored, reads = [], []
+    layers = sorted({int(l) for row in rows for s in row for l in cells[s.cell].deltas})
+    deltas = {l: torch.zeros(*pp.ids.shape, lm.d_model, dtype=lm.dtype, device=lm.device) for l in layers}
+    for i, row in enumerate(rows):
+        for s, col in zip(row, pp.starts[i]):
+            for l, v in cells[s.cell].deltas.items():
+                deltas[int(l)][i, col: col + len(s)] = torch.as_tensor(v, dtype=lm.dtype, device=lm.device)
+            scored += [(s.cell, r, i, col + at, t, s.full) for r, at, t in s.scored]
+            if s.readout:
+                reads.append((s.cell, s.scored[0][0], i, col + len(s) - 1))
+    at = None
+    if reads:
+        at = (readout_layer, torch.as_tensor([x[2] for x in reads]), torch.as_tensor([x[3] for x in reads]))
+    read = _score(lm, pp.ids, {"attention_mask": mask, "position_ids": pp.position_ids}, scored, cells, deltas, at,
+                  base_logp, n2, row_lp, kl, kept)
+    for i, (k, r, _, _) in enumerate(reads):
+        readout[k, r] = read[i].float().cpu().numpy()
+
+
+def _score(lm, ids, inputs, scored, cells, deltas, at, base_logp, n2, row_lp, kl, kept):
+    """Run one pass and record each scored row: ``scored`` holds (cell, batch row, pass row, columns,
+    target ids, needs the whole distribution); the log-probs are of those targets at those columns.
+    Returns the read-out residuals (``at``'s order) or None."""
+    def sel(which: bool):
+        picked = [(i, c, t) for _, _, i, c, t, f in scored if f == which]
+        cat = lambda parts: torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0, np.int64),  # noqa: E731
+                                            dtype=torch.long, device=ids.device)
+        return (cat([np.full(len(c), i) for i, c, _ in picked]), cat([c for _, c, _ in picked]),
+                cat([t for _, _, t in picked]))
+
+    full, part = sel(True), sel(False)
+    logits, lp_part, read = _selected_logits(lm, ids, inputs, full, part, deltas, at)
+    lp_full = target_logprobs(logits, full[2])
     offsets = {True: 0, False: 0}
-    for j, (k, r) in enumerate(chunk):
-        m, o = len(pos[j]), offsets[full[j]]
-        offsets[full[j]] += m
-        row_lp[k, r] = (lp_full if full[j] else lp_part)[o:o + m]
+    for k, r, _, cols, _, f in scored:
+        m, o = len(cols), offsets[f]
+        offsets[f] += m
+        row_lp[k, r] = (lp_full if f else lp_part)[o:o + m]
         c = cells[k]
-        if full[j]:
+        if f:
             lp = torch.log_softmax(logits[o:o + m].float(), -1)
             if c.keep_logp:
                 kept[k, r] = lp
             if c.kl:
                 p = base_logp[r - n2]
                 kl[k, r] = float((p.exp() * (p - lp)).sum(-1).double().mean())
-        if j in want_readout:
-            readout[k, r] = last_resid[j].float().cpu().numpy()
+    return read
 
 
 def score_batch(
@@ -323,59 +366,64 @@ def _twin_for(lm):
     return twin if hasattr(inner, "layers") and hasattr(inner, "norm") else None
 
 
-def _selected_logits(lm, ids, mask, full, part, deltas, readout_layer=None):
-    """With ``deltas[l]`` added to resid_post[l]: the logits ``(N, vocab)`` at the positions ``full``
-    (row indices, column indices), the log-probs of the next tokens at the positions ``part``, and
-    resid_post[readout_layer] at each row's last real token (None when not asked).
+def _selected_logits(lm, ids, inputs, full, part, deltas, readout=None):
+    """With ``deltas[l]`` added to resid_post[l] (shape (rows, 1 or width, d)): the logits
+    ``(N, vocab)`` at the positions ``full`` (row indices, column indices, targets), the log-probs
+    of ``part``'s targets at its positions, and resid_post[layer] at ``readout = (layer, rows,
+    columns)`` (None when not asked). ``inputs``: the forward's ``attention_mask`` (and, on the HF
+    twin, ``position_ids``).
 
     On the bridge backend the pass runs on the plain HF twin (same tensors, HF's own forward; the
     bridge's per-module wrappers compute every RMSNorm twice, ~1.5x slower here), with torch hooks:
     an adder on each steered decoder layer, a capture at the read-out layer and a position selection
     on the final norm's output, so the LM head (and any logit soft-capping) runs on the ``full``
     rows only and the ``part`` rows are unembedded in vocabulary chunks
-    (:func:`analysis.logprobs.unembed_target_logprobs`). Otherwise TransformerLens hooks do the same
-    on ``lm.model``.
+    (:func:`analysis.logprobs.unembed_target_logprobs`; a position listed twice is unembedded
+    once). Otherwise TransformerLens hooks do the same on ``lm.model`` (2D mask only).
     """
-    last = mask.sum(1) - 1
-    targets = ids[part[0], part[1] + 1]
+    targets = part[2]
     captured = {}
+    # the same position may be scored for two rows (a pair tree's shared prompt end): unembed it once
+    flat = part[0] * ids.shape[1] + part[1]
+    uniq, again = torch.unique(flat, return_inverse=True)
 
     def keep(h):  # the final norm's output: the full rows go on to the LM head, the part rows aside
-        captured["part"] = h[part[0].to(h.device), part[1].to(h.device)]
+        captured["part"] = h[(uniq // ids.shape[1]).to(h.device), (uniq % ids.shape[1]).to(h.device)]
         return h[full[0].to(h.device), full[1].to(h.device)][None]
 
     def part_logprobs():
         W, bias, cap = unembedding(lm.model)
-        return unembed_target_logprobs(captured["part"], W, targets.to(W.device), bias=bias, softcap=cap)
+        return unembed_target_logprobs(captured["part"], W, targets.to(W.device), bias=bias, softcap=cap,
+                                       index=again.to(W.device))
+
+    def read(x):
+        _, r, c = readout
+        captured["r"] = x[r.to(x.device), c.to(x.device)].detach()
 
     twin = _twin_for(lm)
     if twin is not None:
         layers = twin.model.layers
-
-        def capture(module, args, output):
-            x = output[0] if isinstance(output, tuple) else output
-            captured["r"] = x[torch.arange(x.shape[0], device=x.device), last.to(x.device)].detach()
-
         with lm.lock:
             handles = []  # every hook is registered inside the try: none can outlive this block
             try:
                 for l, d in deltas.items():
                     handles.append(layers[l].register_forward_hook(torch_add(d)))
-                if readout_layer is not None:
-                    handles.append(layers[readout_layer].register_forward_hook(capture))
+                if readout is not None:
+                    handles.append(layers[readout[0]].register_forward_hook(
+                        lambda module, args, output: read(output[0] if isinstance(output, tuple) else output)))
                 handles.append(twin.model.norm.register_forward_hook(lambda module, args, output: keep(output)))
-                logits = twin(input_ids=ids, attention_mask=mask, use_cache=False).logits[0]
+                logits = twin(input_ids=ids, **inputs, use_cache=False).logits[0]
                 return logits, part_logprobs(), captured.get("r")
             finally:
                 for h in handles:
                     h.remove()
+    mask = inputs["attention_mask"]
     hooks = [(resid_hook(l), _adder(d)) for l, d in deltas.items()]
-    if readout_layer is not None:
-        hooks.append((resid_hook(readout_layer),
-                      lambda x, hook: captured.__setitem__("r", x[torch.arange(x.shape[0]), last].detach())))
+    if readout is not None:
+        hooks.append((resid_hook(readout[0]), lambda x, hook: read(x)))
     if FINAL_NORM in lm.model.hook_dict:
         with lm.hooked(hooks + [(FINAL_NORM, lambda h, hook: keep(h))]) as model:
             return model(ids, attention_mask=mask)[0], part_logprobs(), captured.get("r")
     with lm.hooked(hooks) as model:
         out = model(ids, attention_mask=mask)
-    return out[full], target_logprobs(out[part], targets), captured.get("r")
+    return out[full[0], full[1]], target_logprobs(out[part[0], part[1]], targets), captured.get("r")
