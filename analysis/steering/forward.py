@@ -15,7 +15,10 @@ returns, per cell,
 
 How it is fast without changing what is computed:
 
-* every (cell, row) item is one row of some forward pass; the rows of all cells
+* on the HF twin (the bridge backend), a pair's two rows are one prompt tree
+  and texts are packed end to end (:mod:`analysis.steering.packing`): each
+  prompt is computed once and passes carry almost no padding;
+* otherwise every (cell, row) item is one row of some forward pass; the rows of all cells
   in a group are sorted by length and packed into passes of at most
   :data:`PASS_TOKENS` padded tokens and :data:`PASS_POSITIONS` unembedded
   positions (closing a pass rather than padding it by more than
