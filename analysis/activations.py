@@ -96,7 +96,8 @@ def run_blocks(lm: LoadedModel, ids, mask, hook_names: list[str]) -> dict[str, t
     """
     stop = stop_layer_for(hook_names, lm.n_layers)
     wanted = set(hook_names)
-    cut_at_final_norm = stop == lm.n_layers and "ln_final.hook_in" in lm.model.hook_dict
+    points = lm.model.hook_dict  # a property the bridge rebuilds on every read (~5 ms on Gemma)
+    cut_at_final_norm = stop == lm.n_layers and "ln_final.hook_in" in points
     if not cut_at_final_norm:
         with lm.locked() as model:
             _, cache = model.run_with_cache(
@@ -105,18 +106,22 @@ def run_blocks(lm: LoadedModel, ids, mask, hook_names: list[str]) -> dict[str, t
             )
         return {name: cache[name] for name in hook_names}
     captured: dict[str, torch.Tensor] = {}
+    # One hook with a name filter, not one per name: the bridge rebuilds its hook_dict for every
+    # named hook it adds, 0.17 s for the 37 hooks of one inspection pass.
+    names_at: dict[int, list[str]] = {}
+    for name in hook_names:
+        names_at.setdefault(id(points[name]), []).append(name)
+    stop_at = id(points["ln_final.hook_in"])
+    wanted_points = set(names_at) | {stop_at}
 
-    def capture(name):
-        def hook(x, hook):
+    def hook(x, hook):
+        for name in names_at.get(id(hook), ()):
             captured[name] = x.detach()
-        return hook
+        if id(hook) == stop_at:
+            raise _StopForward
 
-    def halt(x, hook):
-        raise _StopForward
-
-    hooks = [(name, capture(name)) for name in hook_names] + [("ln_final.hook_in", halt)]
     try:
-        with lm.hooked(hooks) as model:
+        with lm.hooked([(lambda name: id(points.get(name)) in wanted_points, hook)]) as model:
             model(ids, attention_mask=mask, return_type=None)
     except _StopForward:
         pass
