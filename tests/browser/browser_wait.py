@@ -56,8 +56,14 @@ def _install(page) -> int:
 
 @contextlib.contextmanager
 def rerun(page, timeout: int = DEFAULT_MS):
-    """Wait, after the body, until a run started after entering the block has finished."""
+    """Wait, after the body, until a run started after entering the block has finished.
+
+    The body starts from an idle app: an action taken while a run is in progress makes Streamlit
+    restart that run in place (no new transition into ``running`` to count), and the wait below
+    would then never end.
+    """
     before = _install(page)
+    page.wait_for_function(_IDLE, timeout=timeout, polling=100)
     yield
     page.wait_for_function(_DONE, arg=[before], timeout=timeout, polling=100)
 
