@@ -62,8 +62,9 @@ def rerun(page, timeout: int = DEFAULT_MS):
     restart that run in place (no new transition into ``running`` to count), and the wait below
     would then never end.
     """
-    before = _install(page)
+    _install(page)
     page.wait_for_function(_IDLE, timeout=timeout, polling=100)
+    before = _install(page)  # counted once idle: a run that ended while waiting is not the body's
     yield
     page.wait_for_function(_DONE, arg=[before], timeout=timeout, polling=100)
 
