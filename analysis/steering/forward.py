@@ -33,7 +33,7 @@ How it is fast without changing what is computed:
   needed (KL, kept log-probs) go on to the LM head, the others' target
   log-probs are unembedded in vocabulary chunks with a running logsumexp
   (:func:`analysis.logprobs.unembed_target_logprobs`: no (positions × vocab)
-  logits in memory; 1.5 s of the page's 24 s α sweep). Footgun: the hook
+  logits in memory, and no full-vocabulary logsumexp over them). Footgun: the hook
   changes that tensor's shape to ``(1, N, d)``; the model's remaining ops
   (norm weight, unembed) are position-wise, which is what makes this exact.
 
