@@ -373,10 +373,11 @@ def test_budget_score_ignores_cells_past_the_first_over_budget_one_when_cost_ris
 
 @pytest.fixture(scope="module")
 def tiny_bridge64(tiny_bridge_lm):
-    """The tiny random Gemma-3 (sliding window 4) loaded again in float64, for exact comparisons."""
-    from analysis.models import load_model
+    """The tiny random Gemma-3 (sliding window 4) loaded again in float64, for exact comparisons:
+    a copy of its own, outside the process-wide model cache that other tests share."""
+    from analysis.models import _load_uncached
 
-    lm = load_model(tiny_bridge_lm[0].name)  # its folder: a second, separate copy
+    lm = _load_uncached(tiny_bridge_lm[0].name, "cpu", None, "bridge", lambda msg: None)
     lm.model.to(torch.float64)
     return lm
 

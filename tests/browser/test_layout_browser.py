@@ -117,6 +117,16 @@ def _settle(page) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=30_000)
     page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
                            ".every(el => !!el._fullLayout)", timeout=30_000)
+    # Plotly relays a responsive figure out some time after a viewport change: check once every
+    # figure's laid-out width has held still for 300 ms (a check before that sees the old width)
+    sizes = None
+    for _ in range(40):
+        now = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                            ".map(el => [el._fullLayout.width, Math.round(el.getBoundingClientRect().width)])")
+        if now == sizes:
+            break
+        sizes = now
+        page.wait_for_timeout(300)
 
 
 def _no_exception(page, where: str, errors: bool = False) -> None:
