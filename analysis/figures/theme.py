@@ -167,4 +167,16 @@ def apply_theme(fig: go.Figure) -> go.Figure:
             # small for them (else plotly.js centres the block in the margin: two lines ran into the
             # plot). A small margin makes it always grow the margin to fit.
             fig.update_layout(title_text=wrapped, margin_t=20)
+        # Subplot titles of the top row sit just above the plot, where the main title sits too:
+        # lift the main title over the tallest of them (one line of 16 px text ≈ 22 px), in a top
+        # margin made big enough for both up front (a margin that automargin has to grow is drawn
+        # half-updated by the static export: axes apart from their data)
+        lines = [str(a.text or "").count("<br>") + 1 for a in fig.layout.annotations
+                 if a.yref == "paper" and a.yanchor == "bottom" and a.y is not None and a.y >= 0.999]
+        if lines:
+            # plotly.js anchors a multi-line title by its first line, the others run downwards: lift
+            # it by their height as well (≈ 24 px a line at 18 px)
+            n_title = fig.layout.title.text.count("<br>") + 1
+            pad = 12 + 22 * max(lines) + 24 * (n_title - 1)
+            fig.update_layout(title_pad_b=pad, margin_t=pad + 26 * n_title + 10)
     return fig
