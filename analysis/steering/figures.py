@@ -17,6 +17,11 @@ _SCORE_LABELS = {"paper": "authors' heuristic (concentration of M, not a diverge
                  "behavioural": "held-out gain within loss budget (nats)"}
 
 
+
+# A legend under the plot, left-aligned: on a narrow page column a legend on the right takes the
+# width the panels need.
+_BELOW = dict(orientation="h", x=0, xanchor="left", y=-0.1, yanchor="top")
+
 def layer_search_figure(search, *, chosen: int | None = None, title: str | None = None) -> go.Figure:
     """Score per candidate layer, the chosen layer marked (default: the best)."""
     chosen = search.best if chosen is None else chosen
@@ -42,7 +47,7 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
     layers = [str(int(l)) for l in search.layers]
     strengths = [f"{s:g}" for s in search.strengths]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
-                        subplot_titles=("gap gain (nats), validation pairs", "background-loss increase (nats/token)"))
+                        subplot_titles=("gap gain (nats),<br>validation pairs", "background-loss<br>increase (nats/token)"))
     near = f"{search.strengths[int(np.argmin(np.abs(search.strengths - search.best_strength)))]:g}"
     for col, (z, sem, scale, name) in enumerate(((search.gain, search.gain_sem, "RdBu", "gain"),
                                                  (search.cost, search.cost_sem, "Oranges", "cost")), start=1):
@@ -50,7 +55,8 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
         custom = np.dstack([np.nan_to_num(sem), search.alphas])
         fig.add_trace(go.Heatmap(
             z=z.T, x=layers, y=strengths, colorscale=scale, zmid=0 if col == 1 else None, text=np.array(text).T,
-            texttemplate="%{text}", customdata=custom.transpose(1, 0, 2), showscale=False, name=name,
+            texttemplate="%{text}", textfont=dict(size=10), customdata=custom.transpose(1, 0, 2), showscale=False,
+            name=name,
             hovertemplate="layer %{x}, strength %{y}<br>" + name + " %{z:.3f} ± %{customdata[0]:.3f}"
                           "<br>α = %{customdata[1]:.3g}<extra></extra>",
         ), row=1, col=col)
@@ -66,7 +72,7 @@ def behavioural_search_figure(search, *, title: str | None = None) -> go.Figure:
     fig.update_layout(title=title or (f"Behavioural layer search: chosen layer {search.best} "
                                       f"({search.rule} rule, budget {search.config.loss_budget:g} nats/token"
                                       f"{skipped})"),
-                      height=420)
+                      height=500, legend={**_BELOW, "y": -0.28})  # below the layer axis's title
     return apply_theme(fig)
 
 
@@ -81,10 +87,10 @@ def alpha_sweep_figure(sweep, *, title: str | None = None) -> go.Figure:
     """Gap change vs α with the random-direction band, background loss and KL (± s.e.), stacked."""
     has_kl = sweep.kl is not None
     rows = 3 if has_kl else 2
-    titles = ["gap change vs α = 0 (held-out pairs); grey: random directions of the same norm",
+    titles = ["gap change vs α = 0 (held-out pairs);<br>grey: random directions of the same norm",
               f"loss on neutral background text (n = {sweep.n_background})"]
     if has_kl:
-        titles.append("KL(unsteered ‖ steered), next-token distribution on background text")
+        titles.append("KL(unsteered ‖ steered) of the next token<br>on background text")
     fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
     lo, hi = sweep.null_band
     if np.isfinite(lo).any():
@@ -110,7 +116,8 @@ def alpha_sweep_figure(sweep, *, title: str | None = None) -> go.Figure:
     for row in range(1, rows + 1):
         fig.add_vline(x=0, line=dict(color="#888888", dash="dot", width=1), row=row, col=1)
     layers = ", ".join(str(l) for l in sweep.layers)
-    fig.update_layout(title=title or f"Steering strength sweep (layer {layers})", height=260 * rows + 60)
+    fig.update_layout(title=title or f"Steering strength sweep (layer {layers})", height=280 * rows + 140,
+                      legend=_BELOW)
     fig.update_xaxes(title_text="α (multiplier of v)", row=rows, col=1)
     fig.update_yaxes(title_text="nats", row=1, col=1)
     fig.update_yaxes(title_text="nats/token", row=2, col=1)

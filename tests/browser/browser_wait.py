@@ -36,9 +36,16 @@ _INSTALL = """() => {
     return window.__rsRuns;
 }"""
 
-_DONE = """([before]) => {
+# Done: a run started after the action and has finished; or the app has been idle for GRACE_MS
+# since the action: a rerun that starts and ends within one batch of websocket messages never
+# shows "running" in the DOM (React renders the two states as one), so there is nothing to count.
+GRACE_MS = 5_000
+_DONE = """([before, t0, grace]) => {
     const app = document.querySelector('[data-testid="stApp"]');
-    return !!app && window.__rsRuns > before && app.getAttribute('data-test-script-state') === 'notRunning';
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    if (window.__rsRuns > before) return true;
+    return performance.now() - t0 > grace &&
+        !document.querySelector('[data-testid="stStatusWidget"] [data-testid="stStatusWidgetRunningIcon"]');
 }"""
 
 _IDLE = """() => {
@@ -66,7 +73,8 @@ def rerun(page, timeout: int = DEFAULT_MS):
     page.wait_for_function(_IDLE, timeout=timeout, polling=100)
     before = _install(page)  # counted once idle: a run that ended while waiting is not the body's
     yield
-    page.wait_for_function(_DONE, arg=[before], timeout=timeout, polling=100)
+    t0 = page.evaluate("() => performance.now()")
+    page.wait_for_function(_DONE, arg=[before, t0, GRACE_MS], timeout=timeout, polling=100)
 
 
 def wait_idle(page, timeout: int = DEFAULT_MS) -> None:

@@ -5,7 +5,8 @@ Three checks, each returning a list of human-readable problems (empty = fine):
 * :func:`overflow_problems`: an element wider than its container (a
   horizontal scrollbar the reader must use), text cut off by its box
   (headings, labels, buttons, captions, selectbox values, Plotly titles,
-  annotations and legend entries), a figure title that runs into its plot,
+  annotations and legend entries), a figure title that runs into its plot
+  or into an annotation (a subplot title),
   or prose that markdown turned into a link by accident (a relative ``href``).
 * :func:`axis_problems`: on axes that show layers, counts or steps (integer
   data), the range must not start below the data's minimum by more than half
@@ -56,6 +57,14 @@ _OVERFLOW_JS = r"""() => {
     if (!title || !size || !(title.textContent || '').trim()) continue;
     const over = title.getBoundingClientRect().bottom - (plot.getBoundingClientRect().top + size.t);
     if (over > 2) out.push(`figure title "${title.textContent.trim().slice(0, 60)}" runs ${Math.round(over)} px into its plot`);
+    // ...nor into a subplot title or other annotation
+    const t = title.getBoundingClientRect();
+    for (const note of plot.querySelectorAll('.annotation-text')) {
+      const a = note.getBoundingClientRect();
+      const dx = Math.min(t.right, a.right) - Math.max(t.left, a.left), dy = Math.min(t.bottom, a.bottom) - Math.max(t.top, a.top);
+      if (dx > 2 && dy > 2)
+        out.push(`figure title "${title.textContent.trim().slice(0, 40)}" overlaps "${note.textContent.trim().slice(0, 40)}"`);
+    }
   }
   // A selectbox shows its value in an <input>, which reports no overflow: measure the text instead.
   const ctx = document.createElement('canvas').getContext('2d');

@@ -2,7 +2,8 @@
 count and layer axes start at their data, and every figure names what it encodes.
 
 The pages that compute are driven with their cheapest settings (the default prompts on Live
-inspection, CHES scoring of the shipped single-token set on Likelihood, one random split and 20
+inspection, CHES scoring of the shipped single-token set on Likelihood, the default vector and
+α sweep on Steering, one random split and 20
 texts per concept on Concepts, 12 texts per concept and the minimum resample counts on Bias); the
 others are checked as they open. A page with tabs is checked and shot once per tab that holds a
 figure. Full-page screenshots go to artifacts/screenshots/layout-<page>[-<tab>]-<width>.png (the
@@ -40,6 +41,18 @@ def _likelihood(page):
     with rerun(page, MODEL_LOAD_MS):
         page.locator(".st-key-lik_run_rank button").click()
     page.locator(".js-plotly-plot").first.wait_for(timeout=MODEL_LOAD_MS)
+    wait_idle(page, MODEL_LOAD_MS)
+
+
+def _steering(page):
+    """The default vector on the shipped sentiment pairs, then the page's α sweep (three panels with
+    subplot titles under the figure's title)."""
+    with rerun(page, MODEL_LOAD_MS):
+        page.locator(".st-key-steer_build button").click()
+    page.locator(".st-key-steer_sweep").scroll_into_view_if_needed()
+    with rerun(page, MODEL_LOAD_MS):
+        page.locator(".st-key-steer_sweep button").click()
+    page.locator(".js-plotly-plot").filter(has_text="Steering strength sweep").wait_for(timeout=MODEL_LOAD_MS)
     wait_idle(page, MODEL_LOAD_MS)
 
 
@@ -106,7 +119,7 @@ PAGES = [
     ("likelihood", "Likelihood displacement", _likelihood, ()),
     ("concepts", "Concepts", _concepts, ()),
     ("bias", "Bias asymmetry", _bias, (("summary", _tab("Summary")), ("latents", _tab("Shared SAE latents")))),
-    ("steering", "Steering", None, ()),
+    ("steering", "Steering", _steering, ()),
     ("compare", "Compare two model states", None, ()),
     ("methods", "Methods", None, ()),
 ]
