@@ -23,8 +23,6 @@ to run analyses on. Footguns:
 
 from __future__ import annotations
 
-from pathlib import PurePath
-
 import contextlib
 import dataclasses
 import hashlib
@@ -32,7 +30,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from analysis.models import LoadedModel
 

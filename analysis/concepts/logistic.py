@@ -137,6 +137,15 @@ def _lapack():
     return fn("dpotrf", c, i, p, i, i)
 
 
+def ridge_gram(K: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """K on the live rows (``live`` 1/0) plus λI, λ = 1e-6 of the live diagonal's mean: positive
+    definite for a least-squares solve; a dead (weight-0 or padding) row gets λ alone, so its α is 0."""
+    M = live[:, :, None] * K * live[:, None, :]
+    lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
+    M.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+    return M
+
+
 def _start(K, ys, s, pos, neg, C, iters: int = 30):
     """Starting point: the minimum-norm least-squares classifier's direction, with its scale
     and the intercept optimised.
@@ -148,9 +157,7 @@ def _start(K, ys, s, pos, neg, C, iters: int = 30):
     Newton on (scale, b) along it costs O(n) per step.
     """
     live = (s > 0).double()
-    M = live[:, :, None] * K * live[:, None, :]
-    lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
-    M = M + lam[:, None, None] * torch.eye(K.shape[1], dtype=K.dtype, device=K.device)
+    M = ridge_gram(K, live)
     target = live * (ys - (s * ys).sum(-1, keepdim=True) / s.sum(-1, keepdim=True))
     # α = (K + λI)⁻¹ K (K + λI)⁻¹ t: on K's range ≈ K⁺t (eigenvalue σ ≫ λ: σ/(σ+λ)² ≈ 1/σ), on
     # its null space 0 where (K + λI)⁻¹ t alone has 1/λ (a rank-deficient K: fewer features

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from analysis.concepts.logistic import _as_tensor, _map_chunks, _newton, _solve_blocks, _spd_solve, fit_logistic_gram
+from analysis.concepts.logistic import (
+    _as_tensor, _map_chunks, _newton, _solve_blocks, _spd_solve, fit_logistic_gram, ridge_gram,
+)
 from analysis.vectors import unit
 
 
@@ -26,13 +28,10 @@ def _projected_start(K: torch.Tensor, cross: torch.Tensor, alpha: torch.Tensor, 
 
     ``K``: training rows' Gram matrices, ``cross``: training rows × the full fit's
     rows, ``live``: 1 on real training rows, 0 on padding (which gets α = 0).
-    λ = 1e-6 of K's mean diagonal, as in :func:`analysis.concepts.logistic._start`.
+    (:func:`analysis.concepts.logistic.ridge_gram`, as the cold start).
     """
-    M = live[:, :, None] * K * live[:, None, :]
-    lam = 1e-6 * torch.diagonal(M, dim1=1, dim2=2).sum(-1) / live.sum(-1)
-    M.diagonal(dim1=1, dim2=2).add_(lam[:, None])
     target = live * (cross @ alpha[..., None])[..., 0]
-    return _spd_solve(M, target[..., None])[..., 0]
+    return _spd_solve(ridge_gram(K, live), target[..., None])[..., 0]
 
 
 def cross_validate_gram(
