@@ -46,10 +46,9 @@ def _pick_state(label: str, key: str, default: int) -> str:
     options = _state_options() + ["custom ..."]
     # the picker and its spec each on a row of their own: in a third of the width at 1000 px even a
     # vector's file name was cut off
-    c1 = c2 = st
-    choice = c1.selectbox(label, options, index=min(default, len(options) - 2), key=f"{key}_choice",
+    choice = st.selectbox(label, options, index=min(default, len(options) - 2), key=f"{key}_choice",
                           format_func=short_spec)
-    spec = c2.text_input(f"{label} spec", value=choice if choice != "custom ..." else "base", key=f"{key}_{choice}",
+    spec = st.text_input(f"{label} spec", value=choice if choice != "custom ..." else "base", key=f"{key}_{choice}",
                          help="base · steer:PATH.safetensors@alpha=-1.6[@layers=6] · ckpt:NAME · model:NAME")
     return spec.strip()
 
